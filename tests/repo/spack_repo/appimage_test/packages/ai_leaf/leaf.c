@@ -1,0 +1,1 @@
+const char *leaf(void) { return "leaf-1.0"; }

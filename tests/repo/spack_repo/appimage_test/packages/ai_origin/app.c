@@ -1,0 +1,3 @@
+#include <stdio.h>
+const char *origin(void);
+int main(void) { printf("origin: %s\n", origin()); return 0; }

@@ -1,0 +1,2 @@
+const char *priv(void);
+const char *origin(void) { return priv(); }

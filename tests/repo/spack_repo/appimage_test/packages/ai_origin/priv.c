@@ -1,0 +1,1 @@
+const char *priv(void) { return "priv-via-origin"; }

@@ -1,0 +1,1 @@
+const char *side(void) { return "side-2.0"; }
