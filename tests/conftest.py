@@ -1,0 +1,154 @@
+"""Shared fixtures: a real Spack with the test packages installed once per session.
+
+The Spack on PATH (set up by ../shared/setup-spack, see README) runs every ``spack``
+command of the tests in a subprocess, with an isolated user scope (its own install tree,
+caches, the test package repository and this extension in ``config:extensions``); the
+Spack installation's own scopes (compilers, builtin repo) still apply. Library-level
+tests import the extension into this interpreter from the same Spack.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EXTENSION = os.path.join(ROOT, "spack-appimage")
+TEST_REPO = os.path.join(HERE, "repo", "spack_repo", "appimage_test")
+
+#: What the test environment holds; one concretization and install for the whole session.
+ENV_SPECS = ["ai-hello", "ai-cxx", "ai-origin", "ai-runpath"]
+
+
+def _require(tool: str, how: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        pytest.fail(f"{tool} is not on PATH: {how}", pytrace=False)
+    return path
+
+
+SPACK_MISSING = (
+    "spack is not on PATH: run ../shared/setup-spack SPACK_GIT PACKAGES_GIT (see README, 'Tests')"
+)
+
+# Import Spack and the extension into this interpreter, as `spack python` would.
+_SPACK_BIN = shutil.which("spack")
+if _SPACK_BIN:
+    _spack_root = os.path.dirname(os.path.dirname(os.path.realpath(_SPACK_BIN)))
+    sys.path.insert(0, os.path.join(_spack_root, "lib", "spack"))
+try:
+    import spack.extensions  # noqa: E402
+    import spack.main  # noqa: E402,F401  (sets up Spack's module state)
+
+    spack.extensions.ensure_extension_loaded("appimage", path=EXTENSION)
+except ImportError:
+    spack = None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if spack is None:
+        pytest.exit(SPACK_MISSING, returncode=1)
+
+
+def cc(out: str, source: str, *flags: str) -> str:
+    """Compile C ``source`` (text) to ``out`` with gcc and ``flags``."""
+    src = out + ".c"
+    with open(src, "w") as f:
+        f.write(textwrap.dedent(source))
+    subprocess.run(["gcc", "-o", out, src, *flags], check=True)
+    return out
+
+
+class Spack:
+    """Runs ``spack`` in a subprocess inside the isolated session site."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.store = os.path.join(root, "store")
+        self.env_vars = dict(
+            os.environ,
+            SPACK_USER_CONFIG_PATH=os.path.join(root, "config"),
+            SPACK_USER_CACHE_PATH=os.path.join(root, "cache"),
+        )
+        self.env_vars.pop("SPACK_ENV", None)
+
+    def __call__(self, *args, env=None, cwd=None, check=True, **kwargs):
+        command = ["spack"] + (["-e", env] if env else []) + list(args)
+        result = subprocess.run(
+            command, cwd=cwd or self.root, env=self.env_vars, capture_output=True,
+            text=True, **kwargs,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(command)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def make_env(self, name: str, specs, concretize=False) -> str:
+        path = os.path.join(self.root, "envs", name)
+        os.makedirs(path)
+        with open(os.path.join(path, "spack.yaml"), "w") as f:
+            f.write(f"spack:\n  specs: {list(specs)}\n  view: false\n")
+        if concretize:
+            self("concretize", env=path)
+        return path
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    """Spack with the test packages installed in a session-wide temporary store."""
+    root = str(tmp_path_factory.mktemp("site"))
+    config = os.path.join(root, "config")
+    os.makedirs(config)
+    with open(os.path.join(config, "config.yaml"), "w") as f:
+        f.write(
+            f"config:\n  install_tree:\n    root: {root}/store\n"
+            f"  extensions:\n  - {EXTENSION}\n"
+        )
+    with open(os.path.join(config, "repos.yaml"), "w") as f:
+        f.write(f"repos:\n  appimage_test: {TEST_REPO}\n")
+    _require("patchelf", "apt-get install patchelf (see .ci/run)")
+    spack_ = Spack(root)
+    spack_.env = spack_.make_env("main", ENV_SPECS)
+    spack_("install", env=spack_.env)
+    return spack_
+
+
+@pytest.fixture(scope="session")
+def stub_runtime(tmp_path_factory):
+    """A stand-in type-2 runtime (see tests/data/stub_runtime.c), built with gcc."""
+    out = str(tmp_path_factory.mktemp("runtime") / "runtime")
+    subprocess.run(
+        ["gcc", "-O2", "-s", "-o", out, os.path.join(HERE, "data", "stub_runtime.c")],
+        check=True,
+    )
+    with open(out, "rb+") as f:
+        f.seek(8)
+        f.write(b"AI\x02")
+    return out
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(image) -> mount point of the image's squashfs (squashfuse), unmounted after."""
+    _require("squashfuse", "apt-get install squashfuse fuse3 (see .ci/run)")
+    mounted = []
+
+    def _mount(image: str) -> str:
+        offset = subprocess.run(
+            [image, "--appimage-offset"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        subprocess.run(["squashfuse", "-o", f"offset={offset}", image, str(point)], check=True)
+        mounted.append(str(point))
+        return str(point)
+
+    yield _mount
+    for point in mounted:
+        subprocess.run(["fusermount3", "-u", point], check=False)
