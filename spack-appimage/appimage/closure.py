@@ -327,9 +327,9 @@ class Resolver:
             return Link(needed, path, real, None, via), loaded
         raise ClosureError(
             f"cannot find {needed}, needed by {current.real_path}",
-            "searched: " + (", ".join(dict.fromkeys(searched)) or "nothing")
-            + "\nInstall the package that provides it into the environment, or reinstall "
-            "the package that needs it.",
+            "install the package that provides it into the environment, or reinstall the "
+            "package that needs it",
+            "searched: " + (", ".join(dict.fromkeys(searched)) or "nothing"),
         )
 
     def _link(self, needed: str, loaded: _Loaded, via: str) -> Link:

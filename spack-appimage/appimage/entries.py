@@ -110,6 +110,7 @@ def find(request: str, nodes: Sequence) -> Entry:
             "build-only dependencies and externals are not offered",
         )
     if len(found) > 1:
+        found.sort(key=lambda e: (e.spec.name, e.spec.dag_hash()))
         owners = ", ".join(e.spec.cformat("{name}{@version}{/hash:7}") for e in found)
         raise EntryError(
             f"--entry {request}: {rel_path} is in several specs: {owners}",

@@ -1,15 +1,21 @@
 """User-facing errors.
 
 Every failure a user can cause is an :class:`AppImageError`: Spack prints it as one
-``==> Error:`` line (the message names the cause, the long message the fix) and exits
-with status 1, without a traceback.
+``==> Error: <cause>; <fix>`` line and exits with status 1, without a traceback. Long
+details (the directories searched, the audit's findings) follow on the next lines.
 """
+
+from typing import Optional
 
 from spack.error import SpackError
 
 
 class AppImageError(SpackError):
     """Base class of the errors this extension raises."""
+
+    def __init__(self, cause: str, fix: Optional[str] = None, details: Optional[str] = None):
+        super().__init__(f"{cause}; {fix}" if fix else cause, details)
+        self.cause = cause
 
 
 class EntryError(AppImageError):

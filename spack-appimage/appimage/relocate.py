@@ -150,6 +150,7 @@ def audit(appdir: str, policy: HostPolicy, store_roots: List[str]) -> None:
     if problems:
         raise AuditError(
             f"the staged AppDir still depends on files outside it ({len(problems)} problems)",
-            "\n".join(problems[:50]) + "\nThis is a bug in spack-appimage if it follows a "
-            "normal build; please report it with `spack appimage --keep-appdir DIR`.",
+            "this is a bug in spack-appimage: please report it with the AppDir kept by "
+            "--keep-appdir DIR",
+            "\n".join(problems[:50]),
         )

@@ -78,5 +78,7 @@ def appimage(parser, args):
         dry_run=args.dry_run,
     )
     result = build.run(env, options)
+    tty.verbose("seconds per stage: " + ", ".join(
+        f"{stage} {seconds:.2f}" for stage, seconds in result.timings.items()))
     if result.output:
         tty.msg(build.describe(result))

@@ -1,0 +1,15 @@
+"""spack-appimage: turn executables of a Spack environment into one AppImage file.
+
+The pipeline runs one stage per module, each taking and returning plain data:
+
+    entries   which executables of the environment the image runs
+    closure   which shared libraries they load, resolved the way glibc's ld.so does
+    policy    which of those stay on the host (glibc family, vdso)
+    stage     an AppDir with one directory per spec, holding only what is needed
+    relocate  $ORIGIN-relative DT_RPATHs, then an audit of the whole AppDir
+    apprun    the compiled dispatcher at the AppDir root
+    squashfs  mksquashfs of the AppDir
+    assemble  runtime + squashfs, written atomically to the output path
+
+``build`` runs them in order; ``cmd/appimage.py`` only parses arguments.
+"""

@@ -1,0 +1,103 @@
+"""The output file: runtime, then squashfs, written so that no partial file ever appears.
+
+The squashfs is written by mksquashfs into a temporary file next to the output, after
+room for the runtime (``-offset``), the runtime is written into that room, the file is
+fsynced and made executable, and only then does it take the output's name (``rename``,
+or ``link`` when an existing file must not be replaced). A failed or interrupted build
+leaves the output path as it was.
+"""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from .errors import OutputError
+
+MAGIC_OFFSET = 8
+MAGIC = b"AI\x02"
+
+
+def elf_size(path: str) -> int:
+    """Where the ELF part of ``path`` ends, computed as the AppImage runtime does:
+    the end of the section header table or of the last section, whichever is later."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        end = elf["e_shoff"] + elf["e_shentsize"] * elf["e_shnum"]
+        if elf.num_sections():
+            last = elf.get_section(elf.num_sections() - 1)
+            end = max(end, last["sh_offset"] + last["sh_size"])
+        return end
+
+
+def check_runtime(path: str) -> None:
+    """A type-2 runtime: an ELF file with ``AI\\x02`` at offset 8 and nothing after its
+    ELF end, since the squashfs must start exactly there."""
+    fix = "pass an AppImage type-2 runtime file (e.g. runtime-x86_64 from AppImage/type2-runtime)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise OutputError(f"cannot read the runtime {path}: {e.strerror}", fix) from e
+    if head[:4] != b"\x7fELF":
+        raise OutputError(f"the runtime {path} is not an ELF file", fix)
+    if head[MAGIC_OFFSET:MAGIC_OFFSET + 3] != MAGIC:
+        raise OutputError(f"the runtime {path} has no AppImage type-2 magic (AI\\x02 at offset 8)", fix)
+    try:
+        end = elf_size(path)
+    except (ELFError, ValueError) as e:
+        raise OutputError(f"the runtime {path} is not a readable ELF file ({e})", fix) from e
+    if end != size:
+        raise OutputError(
+            f"the runtime {path} has {size - end} bytes after its ELF end",
+            "use the runtime file itself, not an AppImage or a padded copy",
+        )
+
+
+def check_output(output: str, force: bool) -> None:
+    """Refuse, before any work, an output that cannot or must not be written."""
+    directory = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        raise OutputError(f"the output {output} is a directory", "pass a file name with -o")
+    if os.path.lexists(output) and not force:
+        raise OutputError(f"{output} already exists", "pass --force to replace it, or choose another -o")
+    if not os.path.isdir(directory):
+        raise OutputError(f"the output directory {directory} does not exist", "create it first")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"the output directory {directory} is not writable", "choose another -o")
+
+
+@contextmanager
+def output_file(output: str, force: bool) -> Iterator[str]:
+    """Yield a temporary path next to ``output``; on success it becomes ``output``."""
+    output = os.path.abspath(output)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=f".{os.path.basename(output)}.")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        if force:
+            os.replace(tmp, output)
+        else:
+            try:
+                os.link(tmp, output)  # fails if output appeared meanwhile: nothing clobbered
+            except FileExistsError:
+                raise OutputError(f"{output} already exists", "pass --force to replace it")
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def write_runtime(runtime: str, target: str) -> int:
+    """Copy the runtime over the first bytes of ``target``; return its size."""
+    with open(runtime, "rb") as src:
+        data = src.read()
+    with open(target, "rb+") as f:
+        f.write(data)
+    return len(data)

@@ -1,0 +1,206 @@
+"""The pipeline: from an environment and options to one output file.
+
+Each stage is a function of plain data from its own module; this module only orders
+them, reports progress, times them, and owns the temporary AppDir. Every check that
+does not need the closure (output path, runtime file, mksquashfs and its compression)
+runs before any file is copied, so a doomed build fails in seconds.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import spack.llnl.util.tty as tty
+
+from . import apprun, assemble, closure, entries, relocate, squashfs, stage
+from .errors import EntryError, OutputError
+from .policy import DEFAULT_POLICY, HostPolicy
+
+
+@dataclass
+class Options:
+    entries: Sequence[str]
+    output: str
+    runtime: Optional[str] = None
+    default_entry: Optional[str] = None
+    force: bool = False
+    compression: str = "zstd"
+    jobs: Optional[int] = None
+    install: bool = False
+    keep_appdir: Optional[str] = None
+    dry_run: bool = False
+    policy: HostPolicy = DEFAULT_POLICY
+
+
+@dataclass
+class Result:
+    """What a build produced, for the last message and for callers."""
+
+    output: Optional[str]
+    entries: List[entries.Entry]
+    closure: closure.Closure
+    plan: stage.Plan
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+class _Progress:
+    """``==> [i/N] stage`` lines, as ``spack install`` prints them, with timings."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.timings = total, 0, {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        self.done += 1
+        tty.msg(f"[{self.done}/{self.total}] {what}")
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _interrupt_on_terminate() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so every ``finally`` cleans up (temp dir,
+    partial output) when a batch system or a user ends the build."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _appdir(keep: Optional[str]) -> Iterator[str]:
+    if keep:
+        if os.path.lexists(keep) and (not os.path.isdir(keep) or os.listdir(keep)):
+            raise OutputError(f"--keep-appdir {keep} exists and is not an empty directory",
+                              "name a new directory")
+        os.makedirs(keep, exist_ok=True)
+        yield os.path.abspath(keep)
+        return
+    path = tempfile.mkdtemp(prefix="spack-appimage-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def install_environment(env) -> None:
+    """Concretize and install what is missing, as `spack install` in an environment does."""
+    with env.write_transaction():
+        concretized = env.concretize()
+        if concretized:
+            tty.msg(f"Concretized {len(concretized)} specs")
+        env.write(regenerate=False)
+    env.install_all()
+    with env.write_transaction():
+        env.write(regenerate=True)
+
+
+def _check_default(options: Options, found: List[entries.Entry]) -> None:
+    names = [e.name for e in found]
+    if options.default_entry and options.default_entry not in names:
+        raise EntryError(
+            f"--default-entry {options.default_entry} is not one of the entries "
+            f"({', '.join(names)})",
+            "name one of the --entry programs",
+        )
+
+
+def run(env, options: Options) -> Result:
+    import spack.paths
+    import spack.store
+
+    with _interrupt_on_terminate():
+        if options.install:
+            install_environment(env)
+        nodes = entries.link_run_nodes(env)
+        found = entries.find_all(options.entries, nodes)
+        _check_default(options, found)
+        if not options.dry_run:
+            assemble.check_output(options.output, options.force)
+            if not options.runtime:
+                raise OutputError(
+                    "no AppImage runtime given",
+                    "pass --runtime FILE or set config:appimage:runtime to an AppImage "
+                    "type-2 runtime file",
+                )
+            assemble.check_runtime(options.runtime)
+            mksquashfs = squashfs.find_mksquashfs(nodes)
+            squashfs.check_compression(mksquashfs, options.compression)
+
+        progress = _Progress(3 if options.dry_run else 8)
+        with progress.stage("closure", "closure: resolving shared libraries"):
+            libraries = closure.resolve([e.path for e in found], options.policy)
+        with progress.stage("policy", "stage: planning the AppDir"):
+            layout = stage.Layout(nodes)
+            plan = stage.plan(found, libraries, layout)
+        result = Result(None, found, libraries, plan, progress.timings)
+        if options.dry_run:
+            with progress.stage("report", "dry run: nothing written"):
+                report(result, layout)
+            return result
+
+        with _appdir(options.keep_appdir) as appdir:
+            with progress.stage("stage", f"stage: copying {len(plan.files)} files"):
+                stage.materialize(plan, appdir)
+            with progress.stage("relocate", "relocate: $ORIGIN-relative RPATHs"):
+                relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
+            with progress.stage("apprun", "apprun: entry table and dispatcher"):
+                points = [apprun.EntryPoint(e.name, layout.dest(e.path)) for e in found]
+                bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
+                apprun.write_table(appdir, points, options.default_entry, bin_dirs)
+                cache = os.path.join(spack.paths.user_cache_path, "appimage")
+                shutil.copyfile(apprun.build(cache), os.path.join(appdir, "AppRun"))
+                os.chmod(os.path.join(appdir, "AppRun"), 0o755)
+            with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
+                relocate.audit(appdir, options.policy, [spack.store.STORE.root])
+            with assemble.output_file(options.output, options.force) as partial:
+                with progress.stage("squashfs", f"squashfs: {options.compression}"):
+                    squashfs.make(
+                        mksquashfs, appdir, partial,
+                        offset=os.path.getsize(options.runtime),
+                        compression=options.compression,
+                        jobs=options.jobs,
+                        progress=tty.msg_enabled() and os.isatty(1),
+                    )
+                with progress.stage("assemble", "assemble: runtime + squashfs"):
+                    assemble.write_runtime(options.runtime, partial)
+        result.output = os.path.abspath(options.output)
+        return result
+
+
+def report(result: Result, layout: stage.Layout) -> None:
+    """What the image would hold: entries, libraries and their owners, host needs."""
+    for entry in result.entries:
+        print(f"{entry.name}  ({entry.spec.cformat('{name}{@version}{/hash:7}')}: {entry.path})")
+    for real_path in result.closure.libraries():
+        print(f"  {layout.dest(real_path)}")
+    print("bundled bytes per spec:")
+    for label, size in sorted(result.plan.bytes_by_owner().items()):
+        print(f"  {label:50} {size:>12,}")
+    print("from the host:")
+    for name, reason in sorted(result.closure.host_requirements().items()):
+        print(f"  {name:30} {reason}")
+    for path, why in result.plan.skipped:
+        tty.debug(f"left out {path}: {why}")
+
+
+def describe(result: Result) -> str:
+    size = os.path.getsize(result.output)
+    specs = {e.split(os.sep)[1] for e in result.plan.files}
+    return (
+        f"{result.output}: {size / 2**20:.1f} MiB, entries: "
+        f"{', '.join(e.name for e in result.entries)}; {len(specs)} specs, "
+        f"{len(result.plan.files)} files in {sum(result.timings.values()):.1f}s"
+    )
+

@@ -1,0 +1,82 @@
+"""``spack appimage``: bundle programs of an environment into one executable file."""
+
+import argparse
+import os
+
+import spack.cmd
+import spack.llnl.util.tty as tty
+from spack.cmd.common import arguments
+
+from .. import build, settings
+from ..squashfs import COMPRESSIONS
+
+description = "bundle programs of an environment into one executable AppImage file"
+section = "environments"
+level = "long"
+
+epilog = """examples:
+  spack -e sirius appimage --entry sirius.scf --entry atom --runtime runtime-x86_64
+      -> sirius.app; run ./sirius.app sirius.scf ARGS, or ln -s sirius.app atom; ./atom ARGS
+  spack -e myenv appimage --entry tool=mypkg@2.1 -o tool.app   (tool of one spec)
+  spack -e myenv appimage --entry libexec/helper --dry-run     (show what would be bundled)
+"""
+
+
+def setup_parser(subparser: argparse.ArgumentParser) -> None:
+    subparser.epilog = epilog
+    subparser.formatter_class = argparse.RawDescriptionHelpFormatter
+    subparser.add_argument(
+        "--entry", action="append", required=True, metavar="NAME[=SPEC]",
+        help="program to run from the image: bin/NAME of an environment spec, or a "
+        "prefix-relative path; =SPEC picks the spec (repeatable)",
+    )
+    subparser.add_argument(
+        "--default-entry", metavar="NAME",
+        help="entry to run when the first argument names no entry",
+    )
+    subparser.add_argument(
+        "-o", "--output", metavar="FILE", help="output file (default: <environment>.app)"
+    )
+    subparser.add_argument(
+        "-f", "--force", action="store_true", help="replace an existing output file"
+    )
+    subparser.add_argument(
+        "--runtime", metavar="FILE",
+        help="AppImage type-2 runtime to put in front (default: config:appimage:runtime)",
+    )
+    subparser.add_argument(
+        "--compression", choices=COMPRESSIONS,
+        help="squashfs compression (default: config:appimage:compression, else zstd)",
+    )
+    subparser.add_argument(
+        "--install", action="store_true",
+        help="concretize and install what the environment is missing first",
+    )
+    subparser.add_argument(
+        "--keep-appdir", metavar="DIR", help="stage the AppDir in DIR and keep it"
+    )
+    subparser.add_argument(
+        "--dry-run", action="store_true", help="show what would be bundled; write nothing"
+    )
+    arguments.add_common_arguments(subparser, ["jobs"])
+
+
+def appimage(parser, args):
+    env = spack.cmd.require_active_env(cmd_name="appimage")
+    settings.check_known_keys()
+    env_name = os.path.basename(os.path.normpath(env.name))
+    options = build.Options(
+        entries=args.entry,
+        output=args.output or f"{env_name}.app",
+        runtime=settings.get("runtime", args.runtime),
+        default_entry=args.default_entry,
+        force=args.force,
+        compression=settings.get("compression", args.compression) or "zstd",
+        jobs=args.jobs,
+        install=args.install,
+        keep_appdir=args.keep_appdir,
+        dry_run=args.dry_run,
+    )
+    result = build.run(env, options)
+    if result.output:
+        tty.msg(build.describe(result))

@@ -1,0 +1,139 @@
+"""Which programs of the environment the image runs.
+
+``--entry NAME`` is looked up among the executables in ``bin/`` of the environment's
+link/run nodes, traversed from its concrete roots. Build-only nodes (compilers, the
+compiler wrapper, build tools) are never candidates, and neither are externals: their
+prefix is the host's (``/usr``), not something to ship.
+
+Forms of ``--entry``:
+    NAME             bin/NAME of the one spec that has it
+    NAME=SPEC        bin/NAME of the spec matching SPEC (``hello``, ``hello@1.0``, ``/abc1234``)
+    PATH[=SPEC]      a prefix-relative path with a slash (``libexec/tool``); the entry is
+                     named by its last component
+"""
+
+import os
+from dataclasses import dataclass
+from typing import List, Sequence
+
+from .errors import EntryError, EnvironmentNotReady
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    spec: object  # spack.spec.Spec
+    #: absolute path in the install prefix (may be a symlink)
+    path: str
+
+
+def link_run_nodes(env) -> List:
+    """The concrete link/run nodes of ``env``; errors if it is not concretized or installed."""
+    import spack.deptypes as dt
+    import spack.traverse
+
+    roots = env.concrete_roots()
+    if not roots:
+        raise EnvironmentNotReady(
+            f"environment {env.name} has no concrete specs",
+            f"run `spack -e {env.name} concretize` and `spack -e {env.name} install`, or "
+            "pass --install",
+        )
+    pending = [s for s in env.user_specs if s not in dict(env.concretized_specs())]
+    if pending:
+        raise EnvironmentNotReady(
+            f"environment {env.name} has specs that are not concretized: "
+            + ", ".join(str(s) for s in pending),
+            f"run `spack -e {env.name} concretize`, or pass --install",
+        )
+    nodes = list(
+        spack.traverse.traverse_nodes(
+            roots, deptype=dt.LINK | dt.RUN, key=spack.traverse.by_dag_hash
+        )
+    )
+    missing = [s for s in nodes if not s.external and not s.installed]
+    if missing:
+        raise EnvironmentNotReady(
+            "not installed: " + ", ".join(s.cformat("{name}{@version}{/hash:7}") for s in missing),
+            f"run `spack -e {env.name} install`, or pass --install",
+        )
+    return nodes
+
+
+def _is_executable_file(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _inside(path: str, prefix: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(prefix)
+    return real == top or real.startswith(top + os.sep)
+
+
+def find(request: str, nodes: Sequence) -> Entry:
+    """Resolve one ``--entry`` argument against the environment's nodes."""
+    import spack.spec
+
+    target, _, constraint = request.partition("=")
+    candidates = [s for s in nodes if not s.external]
+    if constraint:
+        try:
+            query = spack.spec.Spec(constraint)
+        except Exception as e:
+            raise EntryError(f"--entry {request}: {constraint!r} is not a spec ({e})") from e
+        candidates = [s for s in candidates if s.satisfies(query)]
+        if not candidates:
+            raise EntryError(
+                f"--entry {request}: no installed spec of the environment matches {constraint}",
+                "see `spack find` in the environment for its specs",
+            )
+    rel_path = os.path.normpath(target if "/" in target else os.path.join("bin", target))
+    if not target or os.path.isabs(target) or rel_path.startswith(".."):
+        raise EntryError(
+            f"--entry {request}: {target!r} is not a name or a path inside a prefix",
+            "give a program name such as `hello`, or a prefix-relative path such as "
+            "`libexec/hello`",
+        )
+    found = []
+    for spec in candidates:
+        path = os.path.join(spec.prefix, rel_path)
+        if os.path.lexists(path):
+            if not _inside(path, spec.prefix):
+                raise EntryError(
+                    f"--entry {request}: {path} leads outside the prefix of {spec.name}",
+                    "name a program that belongs to the spec",
+                )
+            found.append(Entry(os.path.basename(rel_path), spec, path))
+    if not found:
+        raise EntryError(
+            f"--entry {request}: no {rel_path} in the environment's installed specs",
+            "list the candidates with `ls $(spack -e ENV location -i SPEC)/bin`; entries of "
+            "build-only dependencies and externals are not offered",
+        )
+    if len(found) > 1:
+        owners = ", ".join(e.spec.cformat("{name}{@version}{/hash:7}") for e in found)
+        raise EntryError(
+            f"--entry {request}: {rel_path} is in several specs: {owners}",
+            f"say which with --entry {target}=SPEC, e.g. --entry {target}={found[0].spec.name}",
+        )
+    entry = found[0]
+    if not _is_executable_file(entry.path):
+        raise EntryError(
+            f"--entry {request}: {entry.path} is not an executable file",
+            "name a program, not a data file or directory",
+        )
+    return entry
+
+
+def find_all(requests: Sequence[str], nodes: Sequence) -> List[Entry]:
+    entries = [find(r, nodes) for r in requests]
+    names = [e.name for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise EntryError(
+            f"several entries are named {', '.join(duplicates)}",
+            "an image dispatches on the name, so each entry needs its own",
+        )
+    for entry in entries:
+        if any(c.isspace() for c in entry.name):
+            raise EntryError(f"the entry name {entry.name!r} contains white space")
+    return entries

@@ -1,0 +1,42 @@
+"""User-facing errors.
+
+Every failure a user can cause is an :class:`AppImageError`: Spack prints it as one
+``==> Error: <cause>; <fix>`` line and exits with status 1, without a traceback. Long
+details (the directories searched, the audit's findings) follow on the next lines.
+"""
+
+from typing import Optional
+
+from spack.error import SpackError
+
+
+class AppImageError(SpackError):
+    """Base class of the errors this extension raises."""
+
+    def __init__(self, cause: str, fix: Optional[str] = None, details: Optional[str] = None):
+        super().__init__(f"{cause}; {fix}" if fix else cause, details)
+        self.cause = cause
+
+
+class EntryError(AppImageError):
+    """An ``--entry`` cannot be found, is ambiguous, or is not runnable."""
+
+
+class EnvironmentNotReady(AppImageError):
+    """The environment is not concretized or not installed."""
+
+
+class ClosureError(AppImageError):
+    """A shared library cannot be resolved, or an ELF file cannot be read."""
+
+
+class AuditError(AppImageError):
+    """The staged AppDir still depends on the store or on unbundled libraries."""
+
+
+class ToolError(AppImageError):
+    """An external tool (mksquashfs, patchelf, a compiler) is missing or failed."""
+
+
+class OutputError(AppImageError):
+    """The output path cannot be written, or the runtime file is not usable."""

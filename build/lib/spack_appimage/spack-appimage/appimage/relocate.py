@@ -1,0 +1,156 @@
+"""Make every staged ELF file find its libraries relative to itself, then audit.
+
+Each object gets a DT_RPATH of ``$ORIGIN``-relative directories: one per directory its
+own NEEDED libraries were staged in. DT_RPATH, not DT_RUNPATH, because RPATH is searched
+before ``LD_LIBRARY_PATH``: a host environment that points at another library with the
+same SONAME cannot change what a bundled program loads. Every object carries the paths
+for its own NEEDED, so nothing depends on RPATH inheritance.
+
+The rewrite is Spack's own: an in-place string update (``spack.util.elf``) when the file
+already has a DT_RPATH at least as long as the new one, which is the common case since
+store paths are long; patchelf (``--force-rpath``, from PATH or Spack's bootstrap) for
+files with no RPATH, with a DT_RUNPATH, or with a shorter one.
+
+The audit then reads the AppDir back and fails the build if any RPATH or RUNPATH still
+names an absolute or cwd-relative directory or leaves the AppDir, any PT_INTERP points into
+the store, or any NEEDED resolves neither inside the AppDir (Spack's
+``ResolveSharedElfLibDepsVisitor``) nor to a host library of the policy.
+"""
+
+import os
+from typing import Dict, List, Optional
+
+import spack.util.elf as elf
+from spack.llnl.util.filesystem import visit_directory_tree
+from spack.verify_libraries import ResolveSharedElfLibDepsVisitor
+
+from .closure import Closure
+from .errors import AuditError, ToolError
+from .policy import HostPolicy
+from .stage import Layout
+
+ORIGIN = "$ORIGIN"
+
+
+def rpaths_for(closure: Closure, layout: Layout) -> Dict[str, List[str]]:
+    """AppDir path of each staged ELF object -> its new RPATH entries."""
+    result = {}
+    for real_path in closure.objects:
+        dest_dir = os.path.dirname(layout.dest(real_path))
+        dirs = []
+        for link in closure.links.get(real_path, {}).values():
+            if link.load_path is None:
+                continue
+            rel = os.path.relpath(os.path.dirname(layout.dest(link.load_path)), dest_dir)
+            entry = ORIGIN if rel == "." else f"{ORIGIN}/{rel}"
+            if entry not in dirs:
+                dirs.append(entry)
+        result[layout.dest(real_path)] = dirs
+    return result
+
+
+class Patchelf:
+    """patchelf, found only when a file needs it (PATH first, then Spack's bootstrap)."""
+
+    def __init__(self):
+        self._exe = None
+
+    def __call__(self, *args: str) -> None:
+        if self._exe is None:
+            self._exe = self._find()
+        self._exe(*args, output=str, error=str)
+
+    @staticmethod
+    def _find():
+        import spack.bootstrap
+
+        try:
+            with spack.bootstrap.ensure_bootstrap_configuration():
+                return spack.bootstrap.ensure_patchelf_in_path_or_raise()
+        except RuntimeError as e:
+            raise ToolError(
+                "patchelf is needed to rewrite RPATHs and could not be found or bootstrapped",
+                "install it (apt install patchelf, or spack install patchelf and put it on "
+                f"PATH); Spack said: {e}",
+            ) from e
+
+
+def set_rpath(path: str, rpaths: List[str], patchelf: Patchelf) -> None:
+    new = ":".join(rpaths).encode()
+    with open(path, "rb+") as f:
+        parsed = elf.parse_elf(f, dynamic_section=True)
+        if rpaths and parsed.has_rpath and not parsed.is_runpath:
+            offset = parsed.pt_dynamic_strtab_offset + parsed.rpath_strtab_offset
+            action = elf.UpdateCStringAction(parsed.dt_rpath_str, new, offset)
+            if action.inplace:
+                action.apply(f)
+                return
+    if not rpaths:
+        if parsed.has_rpath:
+            elf.delete_rpath(path)
+        return
+    try:
+        patchelf("--force-rpath", "--set-rpath", new.decode(), path)
+    except Exception as e:  # ProcessError: patchelf refused the file
+        raise ToolError(f"patchelf could not set the RPATH of {path}: {e}") from e
+
+
+def relocate(appdir: str, rpaths: Dict[str, List[str]]) -> None:
+    patchelf = Patchelf()
+    for dest, entries in sorted(rpaths.items()):
+        set_rpath(os.path.join(appdir, dest), entries, patchelf)
+
+
+def _origin_entries_problem(appdir: str, path: str, parsed) -> Optional[str]:
+    kind = "RUNPATH" if parsed.is_runpath else "RPATH"
+    origin = os.path.dirname(path)
+    for entry in parsed.dt_rpath_str.decode(errors="replace").split(":"):
+        if not entry:
+            continue
+        if not entry.startswith((ORIGIN, "${ORIGIN}")):
+            return f"{kind} entry {entry} is not relative to $ORIGIN"
+        expanded = os.path.realpath(entry.replace("${ORIGIN}", origin).replace(ORIGIN, origin))
+        if not (expanded + os.sep).startswith(os.path.realpath(appdir) + os.sep):
+            return f"{kind} entry {entry} leaves the AppDir"
+    return None
+
+
+def audit(appdir: str, policy: HostPolicy, store_roots: List[str]) -> None:
+    """Raise :class:`AuditError` listing every problem in ``appdir``."""
+    problems = []
+    for root, _, files in os.walk(appdir):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    parsed = elf.parse_elf(f, interpreter=True, dynamic_section=True)
+            except elf.ElfParsingError:
+                continue
+            rel = os.path.relpath(path, appdir)
+            if parsed.has_rpath:
+                problem = _origin_entries_problem(appdir, path, parsed)
+                if problem:
+                    problems.append(f"{rel}: {problem}")
+            if parsed.has_pt_interp:
+                interp = parsed.pt_interp_str.decode(errors="replace")
+                if any(interp.startswith(r + os.sep) for r in store_roots):
+                    problems.append(f"{rel}: PT_INTERP {interp} is in the Spack store")
+            for needed in parsed.dt_needed_strs if parsed.has_needed else []:
+                if b"/" in needed:
+                    problems.append(f"{rel}: NEEDED {needed.decode()} is a path")
+
+    visitor = ResolveSharedElfLibDepsVisitor(list(policy.patterns))
+    visit_directory_tree(appdir, visitor)
+    for rel, problem in sorted(visitor.problems.items()):
+        for needed in problem.unresolved:
+            problems.append(f"{rel}: NEEDED {needed.decode()} is not in the AppDir")
+
+    if problems:
+        raise AuditError(
+            f"the staged AppDir still depends on files outside it ({len(problems)} problems)",
+            "this is a bug in spack-appimage: please report it with the AppDir kept by "
+            "--keep-appdir DIR",
+            "\n".join(problems[:50]),
+        )

@@ -1,0 +1,103 @@
+"""The squashfs image of the AppDir, made by ``mksquashfs``.
+
+mksquashfs is taken from the environment's own specs (a ``squashfs`` in the environment),
+then from any installed ``squashfs`` in the store, then from PATH.
+
+Defaults follow appimagetool: zstd with 128 KiB blocks (larger blocks make random access
+at launch slower), files owned by root, no extended attributes, and fixed timestamps
+(``SOURCE_DATE_EPOCH``, else 0) so that the same AppDir gives the same bytes.
+"""
+
+import os
+import subprocess
+from typing import Iterable, Optional
+
+from .errors import ToolError
+
+COMPRESSIONS = ("gzip", "xz", "lz4", "zstd")
+
+#: What the official AppImage runtime (type2-runtime) can decompress.
+OFFICIAL_RUNTIME_READS = ("gzip", "zstd")
+
+BLOCK_SIZE = "128K"
+
+
+def find_mksquashfs(specs: Iterable) -> str:
+    import spack.store
+    import spack.util.executable
+
+    candidates = [s for s in specs if s.name == "squashfs"]
+    try:
+        candidates += spack.store.STORE.db.query("squashfs", installed=True)
+    except Exception:  # an unreadable database must not hide mksquashfs on PATH
+        pass
+    for spec in candidates:
+        found = spack.util.executable.which_string("mksquashfs", path=[spec.prefix.bin])
+        if found:
+            return found
+    found = spack.util.executable.which_string("mksquashfs")
+    if not found:
+        raise ToolError(
+            "mksquashfs not found",
+            "install it: `spack install squashfs+zstd` (Spack), or the squashfs-tools "
+            "package of your distribution",
+        )
+    return found
+
+
+def check_compression(mksquashfs: str, compression: str) -> None:
+    """Fail early if this mksquashfs was built without ``compression``."""
+    result = subprocess.run([mksquashfs, "-help"], capture_output=True, text=True)
+    listing = result.stdout + result.stderr
+    known = [line.split()[0] for line in listing.splitlines() if line.startswith("\t") and
+             line.split() and line.split()[0] in COMPRESSIONS + ("lzo", "lzma")]
+    if known and compression not in known:
+        raise ToolError(
+            f"{mksquashfs} cannot compress with {compression} (it has: {', '.join(known)})",
+            "choose another --compression, or install a mksquashfs built with "
+            f"{compression} (`spack install squashfs+{compression}`)",
+        )
+
+
+def source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise ToolError(
+            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
+            "set it to an integer, or unset it",
+        )
+
+
+def make(
+    mksquashfs: str,
+    appdir: str,
+    output: str,
+    *,
+    offset: int,
+    compression: str,
+    jobs: Optional[int],
+    progress: bool,
+) -> None:
+    """Write the squashfs of ``appdir`` into ``output`` starting at byte ``offset``."""
+    when = str(source_date_epoch())
+    command = [
+        mksquashfs, appdir, output,
+        "-noappend", "-offset", str(offset),
+        "-comp", compression, "-b", BLOCK_SIZE,
+        "-root-owned", "-no-xattrs",
+        "-mkfs-time", when, "-all-time", when,
+    ]
+    if jobs:
+        command += ["-processors", str(jobs)]
+    command += [] if progress else ["-no-progress", "-quiet"]
+    result = subprocess.run(command, stdout=None if progress else subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout or "").strip().splitlines()
+        raise ToolError(
+            f"mksquashfs failed (exit {result.returncode}): "
+            + (detail[-1] if detail else "no message"),
+            "check free space and write permission where the output goes",
+        )

@@ -1,0 +1,235 @@
+"""The AppDir: only the entries, the libraries they load and their specs' data files.
+
+Layout: one directory per spec, ``opt/<name>-<version>-<hash7>/``, holding the files of
+that spec at the same paths as in its install prefix. Libraries that belong to no spec
+of the environment (found in the host's system directories, and not kept on the host by
+the policy) go under ``opt/host/`` at their absolute path.
+
+Keeping each prefix's layout intact is what makes a program's own relative lookups work
+(``$exe/../share/<pkg>``, ``$ORIGIN/private`` RPATHs, plugin directories next to a
+library), and it keeps two specs' files with the same name apart. A flat ``usr/bin`` +
+``usr/lib`` (libtree 2.x) breaks both. The cost is one RPATH entry per dependency
+directory instead of one ``$ORIGIN/../lib``.
+
+What is copied from a spec's prefix:
+* entries and libraries in the closure, with the symlink chain through which the loader
+  (or the user) reaches them, so SONAME links exist in the image;
+* data files under ``share/`` and ``etc/``, minus :data:`EXCLUDED` (headers, static
+  libraries, pkg-config and CMake files, man/info/doc) and minus ELF files, which enter the
+  image only through the closure (an ELF file nothing loads would carry store RPATHs);
+* never ``.spack/`` (build environment and logs, which can hold secrets);
+* symlinks only when their target is inside a staged prefix: nothing is ever copied from
+  outside the environment's specs through a link. Others are left out (``spack -d`` lists
+  them).
+
+Copies get normalized modes (0755 if executable by anyone, else 0644): no setuid, setgid,
+sticky or group/world-writable bits travel.
+"""
+
+import fnmatch
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from .errors import AppImageError
+
+#: Directories of a prefix whose data files are bundled.
+DATA_TREES = ("share", "etc")
+
+#: Prefix-relative glob patterns never bundled as data (a directory match prunes it).
+EXCLUDED = (
+    ".spack",
+    "include",
+    "share/man",
+    "share/info",
+    "share/doc",
+    "share/gtk-doc",
+    "share/pkgconfig",
+    "share/aclocal",
+    "share/cmake",
+    "lib*/pkgconfig",
+    "lib*/cmake",
+    "*.a",
+    "*.la",
+    "*.h",
+    "*.hh",
+    "*.hpp",
+    "*.mod",
+)
+
+#: Where the per-spec directories live inside the AppDir.
+OPT = "opt"
+
+#: A host path's owner when no spec of the environment owns it.
+HOST_LABEL = "host"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """An install prefix whose files keep their relative layout under ``opt/<label>``."""
+
+    label: str
+    prefix: str
+    spec: Optional[object] = None  # spack.spec.Spec; None for the host
+
+    @property
+    def is_spec(self) -> bool:
+        return self.spec is not None and not self.spec.external
+
+
+HOST = Owner(HOST_LABEL, "/")
+
+
+def owner_label(spec) -> str:
+    return spec.format("{name}-{version}-{hash:7}").replace("/", "_").replace("=", "_")
+
+
+class Layout:
+    """Maps host paths to AppDir paths, by the spec that owns them."""
+
+    def __init__(self, specs: Iterable):
+        self._by_prefix: Dict[str, Owner] = {}
+        # Specs built by Spack first: an external's prefix (often /usr) must not claim
+        # files under a store prefix that happens to be nested in it.
+        for spec in sorted(specs, key=lambda s: bool(s.external)):
+            prefix = os.path.realpath(spec.prefix)
+            self._by_prefix.setdefault(prefix, Owner(owner_label(spec), prefix, spec))
+
+    def owner(self, path: str) -> Owner:
+        directory = path
+        while True:
+            if directory in self._by_prefix:
+                return self._by_prefix[directory]
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                return HOST
+            directory = parent
+
+    def dest(self, path: str) -> str:
+        """AppDir-relative location of the host ``path`` (its parent directories resolved)."""
+        path = _resolve_parent(path)
+        owner = self.owner(path)
+        return os.path.join(OPT, owner.label, os.path.relpath(path, owner.prefix))
+
+
+def _resolve_parent(path: str) -> str:
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def excluded(rel_path: str) -> bool:
+    return any(fnmatch.fnmatchcase(rel_path, pattern) for pattern in EXCLUDED)
+
+
+@dataclass
+class Plan:
+    """What the AppDir will hold, before anything is written."""
+
+    #: AppDir-relative path -> host file to copy
+    files: Dict[str, str] = field(default_factory=dict)
+    #: AppDir-relative path -> symlink target (relative)
+    links: Dict[str, str] = field(default_factory=dict)
+    #: host paths of symlinks left out, with the reason
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def bytes_by_owner(self) -> Dict[str, int]:
+        sizes: Dict[str, int] = {}
+        for dest, src in self.files.items():
+            label = dest.split(os.sep)[1]
+            sizes[label] = sizes.get(label, 0) + os.path.getsize(src)
+        return sizes
+
+
+class Planner:
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.plan = Plan()
+
+    def add_chain(self, path: str) -> str:
+        """Stage ``path`` and every symlink hop to its file; return the file's AppDir path."""
+        path = _resolve_parent(path)
+        for _ in range(40):  # the kernel's limit on symlink hops
+            if not os.path.islink(path):
+                dest = self.layout.dest(path)
+                self.plan.files[dest] = path
+                return dest
+            target = _resolve_parent(os.path.join(os.path.dirname(path), os.readlink(path)))
+            dest = self.layout.dest(path)
+            self.plan.links[dest] = os.path.relpath(
+                self.layout.dest(target), os.path.dirname(dest)
+            )
+            path = target
+        raise AppImageError(f"too many levels of symbolic links at {path}")
+
+    def add_data(self, owner: Owner, staged_prefixes: Tuple[str, ...]) -> None:
+        from .closure import read_elf
+
+        for tree in DATA_TREES:
+            top = os.path.join(owner.prefix, tree)
+            for root, dirs, files in os.walk(top):
+                rel_root = os.path.relpath(root, owner.prefix)
+                dirs[:] = sorted(d for d in dirs if not self._skip_link_or_excluded(
+                    os.path.join(root, d), os.path.join(rel_root, d), staged_prefixes))
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    if self._skip_link_or_excluded(path, os.path.join(rel_root, name),
+                                                   staged_prefixes):
+                        continue
+                    if read_elf(path) is None:
+                        self.plan.files[self.layout.dest(path)] = path
+
+    def _skip_link_or_excluded(self, path, rel_path, staged_prefixes) -> bool:
+        """True to leave ``path`` out. A symlink that may stay is staged here."""
+        if excluded(rel_path):
+            return True
+        if not os.path.islink(path):
+            return False
+        target = os.path.realpath(path)
+        if not os.path.exists(target):
+            self.plan.skipped.append((path, "broken symlink"))
+        elif not any(target == p or target.startswith(p + os.sep) for p in staged_prefixes):
+            self.plan.skipped.append((path, f"points outside the staged specs, to {target}"))
+        else:
+            dest = self.layout.dest(path)
+            self.plan.links[dest] = os.path.relpath(
+                self.layout.dest(target), os.path.dirname(dest)
+            )
+        return True
+
+
+def materialize(plan: Plan, appdir: str) -> None:
+    """Write ``plan`` into the (existing, empty) directory ``appdir``."""
+    for dest, src in sorted(plan.files.items()):
+        target = os.path.join(appdir, dest)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            shutil.copyfile(src, target, follow_symlinks=True)
+            mode = os.stat(src).st_mode
+        except PermissionError as e:
+            raise AppImageError(
+                f"cannot read {src}: {e.strerror}",
+                "make the file readable by you, or reinstall the spec that owns it",
+            ) from e
+        os.chmod(target, 0o755 if mode & 0o111 else 0o644)
+    for dest, link_target in sorted(plan.links.items()):
+        target = os.path.join(appdir, dest)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.lexists(target):
+            os.symlink(link_target, target)
+
+
+def plan(entries: Iterable, closure, layout: Layout) -> Plan:
+    """The AppDir for ``entries`` and their ``closure``: programs, libraries through
+    their load paths, then the data files of every spec that contributed one."""
+    planner = Planner(layout)
+    for entry in entries:
+        planner.add_chain(entry.path)
+    for real_path in closure.libraries():
+        for load_path in closure.load_paths[real_path]:
+            planner.add_chain(load_path)
+    owners = {layout.owner(src) for src in planner.plan.files.values()}
+    specs = sorted((o for o in owners if o.is_spec), key=lambda o: o.label)
+    prefixes = tuple(o.prefix for o in specs)
+    for owner in specs:
+        planner.add_data(owner, prefixes)
+    return planner.plan

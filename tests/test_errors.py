@@ -1,0 +1,201 @@
+"""Every failure a user can cause: one `==> Error:` line naming cause and fix, exit 1
+(2 for usage errors), no traceback, and no output file created or clobbered."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import cc
+
+from spack.extensions.appimage import relocate
+from spack.extensions.appimage.errors import AuditError
+from spack.extensions.appimage.policy import DEFAULT_POLICY
+
+
+def fails(site, *args, env=None, cwd=None, code=1):
+    """Run `spack appimage`, expect failure; return the error line."""
+    result = site("appimage", *args, env=env, cwd=cwd, check=False)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "Error:" in line]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.fixture
+def out(tmp_path):
+    """An output path; the test checks it never appears, and that no temp file is left."""
+    output = tmp_path / "out" / "x.app"
+    output.parent.mkdir()
+    yield output
+    assert not output.exists()
+    assert os.listdir(output.parent) == []
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("nope", "--entry nope: no bin/nope in the environment's installed specs"),
+        ("ai-hello", "--entry ai-hello: bin/ai-hello is in several specs: ai-cxx@1.0/"),
+        ("ai-hello", "say which with --entry ai-hello=SPEC"),
+        ("not-executable", "is not an executable file"),
+        ("../../etc/passwd", "is not a name or a path inside a prefix"),
+        ("ai-hello=ai-side", "--entry ai-hello=ai-side: no bin/ai-hello in the environment"),
+        ("ai-hello=nothing-like-this", "no installed spec of the environment matches"),
+        ("gcc", "no bin/gcc"),  # build-only and external nodes offer no entries
+    ],
+)
+def test_bad_entry(site, stub_runtime, out, entry, message):
+    line = fails(site, "--runtime", stub_runtime, "-o", str(out), "--entry", entry, env=site.env)
+    assert message in line
+
+
+def test_default_entry_must_be_an_entry(site, stub_runtime, out):
+    line = fails(site, "--runtime", stub_runtime, "-o", str(out), "--entry", "ai-origin",
+                 "--default-entry", "ai-cxx", env=site.env)
+    assert "--default-entry ai-cxx is not one of the entries (ai-origin)" in line
+
+
+def test_no_environment(site, out):
+    assert "requires an environment" in fails(site, "--entry", "x", "-o", str(out))
+
+
+def test_missing_entry_flag_is_a_usage_error(site, out):
+    result = site("appimage", "-o", str(out), env=site.env, check=False)
+    assert result.returncode == 2 and "--entry" in result.stderr
+
+
+def test_unknown_compression_is_a_usage_error(site, out):
+    result = site("appimage", "--entry", "ai-origin", "--compression", "brotli",
+                  env=site.env, check=False)
+    assert result.returncode == 2 and "invalid choice: 'brotli'" in result.stderr
+
+
+def test_not_concretized_then_not_installed_then_install(site, stub_runtime, out, tmp_path):
+    env = site.make_env("lonely", ["ai-lonely"])
+    args = ["--runtime", stub_runtime, "-o", str(out), "--entry", "ai-lonely"]
+    assert "has no concrete specs" in fails(site, *args, env=env)
+    site("concretize", env=env)
+    line = fails(site, *args, env=env)
+    assert "not installed: ai-lonely@1.0/" in line
+    done = tmp_path / "lonely.app"
+    site("appimage", "--install", "--runtime", stub_runtime, "-o", str(done),
+         "--entry", "ai-lonely", env=env)
+    assert done.read_bytes()[8:11] == b"AI\x02"
+
+
+def test_existing_output_is_kept_without_force(site, stub_runtime, tmp_path):
+    output = tmp_path / "x.app"
+    output.write_text("precious")
+    line = fails(site, "--runtime", stub_runtime, "-o", str(output), "--entry", "ai-origin",
+                 env=site.env)
+    assert "already exists" in line and "--force" in line
+    assert output.read_text() == "precious"
+    assert os.listdir(tmp_path) == ["x.app"]
+
+
+def test_output_directory_missing_or_a_directory(site, stub_runtime, tmp_path):
+    line = fails(site, "--runtime", stub_runtime, "-o", str(tmp_path / "no" / "x.app"),
+                 "--entry", "ai-origin", env=site.env)
+    assert "does not exist" in line
+    assert "is a directory" in fails(site, "--runtime", stub_runtime, "-o", str(tmp_path),
+                                     "--entry", "ai-origin", env=site.env)
+
+
+def test_read_only_output_directory(site, stub_runtime, tmp_path):
+    # A read-only filesystem: even root cannot write there.
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        line = fails(site, "--runtime", stub_runtime, "-o", str(ro / "x.app"), "--entry",
+                     "ai-origin", env=site.env)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert "is not writable" in line
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"#!/bin/sh\n", "is not an ELF file"),
+        (None, "has no AppImage type-2 magic"),
+        (b"trailing", "bytes after its ELF end"),
+    ],
+)
+def test_bad_runtime(site, stub_runtime, out, tmp_path, content, message):
+    runtime = tmp_path / "runtime"
+    if content is None:
+        shutil.copy(stub_runtime, runtime)
+        with open(runtime, "rb+") as f:
+            f.seek(8)
+            f.write(b"\0\0\0")
+    elif content == b"trailing":
+        runtime.write_bytes(open(stub_runtime, "rb").read() + content)
+    else:
+        runtime.write_bytes(content)
+    assert message in fails(site, "--runtime", str(runtime), "-o", str(out), "--entry",
+                            "ai-origin", env=site.env)
+
+
+def test_no_runtime(site, out):
+    assert "no AppImage runtime given" in fails(site, "-o", str(out), "--entry", "ai-origin",
+                                                env=site.env)
+
+
+def test_unresolvable_library(site, stub_runtime, out):
+    [side] = [os.path.join(r, "libside.so") for r, _, f in os.walk(site.store)
+              if "libside.so" in f]
+    os.rename(side, side + ".away")
+    try:
+        line = fails(site, "--runtime", stub_runtime, "-o", str(out), "--entry",
+                     "ai-hello=ai-hello", env=site.env)
+    finally:
+        os.rename(side + ".away", side)
+    assert "cannot find libside.so, needed by " in line and "/bin/ai-hello" in line
+
+
+def test_mksquashfs_missing(site, stub_runtime, out, tmp_path):
+    # PATH with spack's python and gcc, but without mksquashfs
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("python3", "gcc", "cc", "patchelf", "spack"):
+        found = shutil.which(tool)
+        if found:
+            os.symlink(found, bin_dir / tool)
+    saved = site.env_vars["PATH"]
+    site.env_vars["PATH"] = f"{bin_dir}"
+    try:
+        line = fails(site, "--runtime", stub_runtime, "-o", str(out), "--entry", "ai-origin",
+                     env=site.env)
+    finally:
+        site.env_vars["PATH"] = saved
+    assert "mksquashfs not found" in line
+
+
+def test_invalid_config_value(site, stub_runtime, out):
+    result = site("-c", "config:appimage:compression:brotli", "appimage", "--runtime",
+                  stub_runtime, "-o", str(out), "--entry", "ai-origin", env=site.env,
+                  check=False)
+    assert result.returncode == 1 and "unknown compression 'brotli'" in result.stderr
+
+
+def test_audit_catches_a_planted_absolute_rpath(tmp_path):
+    appdir = tmp_path / "AppDir"
+    (appdir / "lib").mkdir(parents=True)
+    cc(str(appdir / "lib" / "libq.so"), "int q(void) { return 1; }", "-shared", "-fPIC")
+    cc(str(appdir / "main"), "int q(void); int main(void) { return q(); }",
+       f"-L{appdir / 'lib'}", "-lq", "-Wl,-rpath,/opt/store/lib:$ORIGIN/lib",
+       "-Wl,--disable-new-dtags")
+    with pytest.raises(AuditError) as error:
+        relocate.audit(str(appdir), DEFAULT_POLICY, ["/opt/store"])
+    assert "main: RPATH entry /opt/store/lib is not relative to $ORIGIN" in error.value.long_message
+
+    relocate.set_rpath(str(appdir / "main"), ["$ORIGIN/lib"], relocate.Patchelf())
+    relocate.audit(str(appdir), DEFAULT_POLICY, ["/opt/store"])  # now clean
+
+    os.remove(appdir / "lib" / "libq.so")
+    with pytest.raises(AuditError) as error:
+        relocate.audit(str(appdir), DEFAULT_POLICY, ["/opt/store"])
+    assert "main: NEEDED libq.so is not in the AppDir" in error.value.long_message

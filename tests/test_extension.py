@@ -1,0 +1,43 @@
+"""How sites and users load the extension: config:extensions, and pip's entry point."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_loaded_through_config_extensions(site):
+    result = site("commands")
+    assert "appimage" in result.stdout.split()
+    assert "bundle programs of an environment" in site("help", "--all").stdout
+    assert "spack -e sirius appimage --entry sirius.scf" in site("appimage", "--help").stdout
+
+
+def test_loaded_through_the_pip_entry_point(site, tmp_path):
+    """pip install into the Python that runs Spack (here a venv on top of it), and no
+    config:extensions: Spack finds the command through the entry point."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", ROOT],
+                   check=True, cwd=tmp_path)
+    config = tmp_path / "config"
+    config.mkdir()
+    for name in ("repos.yaml", "config.yaml"):
+        text = open(os.path.join(site.root, "config", name)).read()
+        (config / name).write_text(text.split("  extensions:")[0])
+    env = dict(site.env_vars, PATH=f"{venv / 'bin'}:{os.environ['PATH']}",
+               SPACK_USER_CONFIG_PATH=str(config))
+    result = subprocess.run(
+        ["spack", "-e", site.env, "appimage", "--entry", "ai-origin", "--dry-run"],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "libpriv.so" in result.stdout
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import spack_appimage as s; print(s.get_extension_paths()[0])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert installed.startswith(str(venv)) and os.path.isfile(
+        os.path.join(installed, "appimage", "apprun", "apprun.c"))
