@@ -1,6 +1,7 @@
 """How sites and users load the extension: config:extensions, and pip's entry point."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,10 +18,17 @@ def test_loaded_through_config_extensions(site):
 def test_loaded_through_the_pip_entry_point(site, tmp_path):
     """pip install into the Python that runs Spack (here a venv on top of it), and no
     config:extensions: Spack finds the command through the entry point."""
+    source = tmp_path / "source"  # pip builds in the source tree: keep the checkout clean
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source)
+    for name in ("python", "spack-appimage"):
+        shutil.copytree(os.path.join(ROOT, name), source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
                    check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", ROOT],
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(source)],
                    check=True, cwd=tmp_path)
     config = tmp_path / "config"
     config.mkdir()

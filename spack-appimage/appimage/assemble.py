@@ -85,19 +85,27 @@ def output_file(output: str, force: bool) -> Iterator[str]:
         if force:
             os.replace(tmp, output)
         else:
-            try:
-                os.link(tmp, output)  # fails if output appeared meanwhile: nothing clobbered
-            except FileExistsError:
-                raise OutputError(f"{output} already exists", "pass --force to replace it")
+            _link_without_replacing(tmp, output)
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
-def write_runtime(runtime: str, target: str) -> int:
-    """Copy the runtime over the first bytes of ``target``; return its size."""
-    with open(runtime, "rb") as src:
-        data = src.read()
-    with open(target, "rb+") as f:
-        f.write(data)
-    return len(data)
+def write_runtime(runtime: str, target: str) -> None:
+    """Copy the runtime over the first bytes of ``target``, left free by mksquashfs."""
+    with open(runtime, "rb") as src, open(target, "rb+") as f:
+        f.write(src.read())
+
+
+def _link_without_replacing(tmp: str, output: str) -> None:
+    """``link`` fails if ``output`` appeared meanwhile, so nothing is clobbered. On a
+    filesystem without hard links, fall back to a check and a rename."""
+    exists = OutputError(f"{output} already exists", "pass --force to replace it")
+    try:
+        os.link(tmp, output)
+    except FileExistsError:
+        raise exists
+    except OSError:
+        if os.path.lexists(output):
+            raise exists
+        os.rename(tmp, output)

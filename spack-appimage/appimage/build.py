@@ -141,7 +141,7 @@ def run(env, options: Options) -> Result:
         progress = _Progress(3 if options.dry_run else 8)
         with progress.stage("closure", "closure: resolving shared libraries"):
             libraries = closure.resolve([e.path for e in found], options.policy)
-        with progress.stage("policy", "stage: planning the AppDir"):
+        with progress.stage("plan", "plan: what the AppDir holds"):
             layout = stage.Layout(nodes)
             plan = stage.plan(found, libraries, layout)
         result = Result(None, found, libraries, plan, progress.timings)
