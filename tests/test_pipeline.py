@@ -192,3 +192,12 @@ def test_runtime_and_compression_from_config(site, stub_runtime, tmp_path):
     image = (tmp_path / "configured.app").read_bytes()
     superblock = image.index(b"hsqs")
     assert int.from_bytes(image[superblock + 20: superblock + 22], "little") == 1  # gzip
+
+
+def test_compression_the_official_runtime_cannot_read_warns(site, stub_runtime, tmp_path):
+    result = build(site, stub_runtime, tmp_path / "xz.app", "--entry", "ai-origin",
+                   "--compression", "xz")
+    assert "Warning: the official AppImage runtime cannot read xz images" in result.stderr
+    image = (tmp_path / "xz.app").read_bytes()
+    superblock = image.index(b"hsqs")
+    assert int.from_bytes(image[superblock + 20: superblock + 22], "little") == 4  # xz

@@ -137,6 +137,12 @@ def run(env, options: Options) -> Result:
             assemble.check_runtime(options.runtime)
             mksquashfs = squashfs.find_mksquashfs(nodes)
             squashfs.check_compression(mksquashfs, options.compression)
+            if options.compression not in squashfs.OFFICIAL_RUNTIME_READS:
+                tty.warn(
+                    f"the official AppImage runtime cannot read {options.compression} "
+                    f"images (only {' and '.join(squashfs.OFFICIAL_RUNTIME_READS)}); make "
+                    f"sure {options.runtime} can"
+                )
 
         progress = _Progress(3 if options.dry_run else 8)
         with progress.stage("closure", "closure: resolving shared libraries"):
