@@ -117,7 +117,6 @@ def _check_default(options: Options, found: List[entries.Entry]) -> None:
 
 
 def run(env, options: Options) -> Result:
-    import spack.paths
     import spack.store
 
     with _interrupt_on_terminate():
@@ -165,8 +164,7 @@ def run(env, options: Options) -> Result:
                 points = [apprun.EntryPoint(e.name, layout.dest(e.path)) for e in found]
                 bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
                 apprun.write_table(appdir, points, options.default_entry, bin_dirs)
-                cache = os.path.join(spack.paths.user_cache_path, "appimage")
-                shutil.copyfile(apprun.build(cache), os.path.join(appdir, "AppRun"))
+                shutil.copyfile(apprun.build(), os.path.join(appdir, "AppRun"))
                 os.chmod(os.path.join(appdir, "AppRun"), 0o755)
             with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
                 relocate.audit(appdir, options.policy, [spack.store.STORE.root])

@@ -1,0 +1,90 @@
+"""Compiling the project's small C programs (AppRun, the runtime) once, and caching them.
+
+The compiler is the C compiler of the first compiler Spack knows, else ``cc`` from PATH.
+A program is cached in Spack's user cache under a key hashing its source, the compiler
+(path and ``--version``) and the link inputs, so a changed library or compiler rebuilds
+it and concurrent builds leave one good file (atomic rename).
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Callable, List, Optional, Sequence
+
+from .errors import ToolError
+
+
+def cache_dir() -> str:
+    import spack.paths
+
+    return os.path.join(spack.paths.user_cache_path, "appimage")
+
+
+def c_compiler() -> str:
+    import spack.compilers.config
+
+    for compiler in spack.compilers.config.all_compilers(init_config=False):
+        cc = (compiler.extra_attributes or {}).get("compilers", {}).get("c")
+        if cc and os.access(cc, os.X_OK):
+            return cc
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise ToolError(
+            "no C compiler found to build AppRun and the runtime",
+            "register one with `spack compiler find`, or install gcc",
+        )
+    return cc
+
+
+def _compiler_identity(cc: str) -> bytes:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ToolError(f"the C compiler {cc} does not run: {e}") from e
+
+
+def compile_cached(
+    name: str,
+    source: str,
+    attempts: Sequence[Sequence[str]],
+    key_inputs: Sequence[str] = (),
+    finish: Optional[Callable[[str], None]] = None,
+) -> str:
+    """Path of ``name`` compiled from ``source``, from the cache or built now.
+
+    ``attempts`` are argument lists tried in order (e.g. static, then dynamic); the first
+    that links wins. ``key_inputs`` are files (libraries) whose content is part of the
+    key. ``finish`` post-processes the linked file before it enters the cache."""
+    cc = c_compiler()
+    digest = hashlib.sha256()
+    for path in [source, *key_inputs]:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    digest.update(cc.encode() + _compiler_identity(cc) + repr(list(attempts)).encode())
+    directory = cache_dir()
+    cached = os.path.join(directory, f"{name}-{digest.hexdigest()[:16]}")
+    if os.path.exists(cached):
+        return cached
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}-")
+    os.close(fd)
+    try:
+        errors: List[str] = []
+        for args in attempts:
+            result = subprocess.run([cc, "-o", tmp, source, *args], capture_output=True,
+                                    text=True)
+            if result.returncode == 0:
+                break
+            errors.append(result.stderr.strip())
+        else:
+            raise ToolError(f"could not compile {name} with {cc}", None, "\n".join(errors))
+        if finish:
+            finish(tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, cached)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return cached
