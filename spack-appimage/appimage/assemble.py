@@ -7,10 +7,11 @@ or ``link`` when an existing file must not be replaced). A failed or interrupted
 leaves the output path as it was.
 """
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional, Tuple
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -109,3 +110,29 @@ def _link_without_replacing(tmp: str, output: str) -> None:
         if os.path.lexists(output):
             raise exists
         os.rename(tmp, output)
+
+
+def section(path: str, name: str) -> Optional[Tuple[int, int]]:
+    """(file offset, size) of the ELF section ``name`` of ``path``, if it has one."""
+    with open(path, "rb") as f:
+        found = ELFFile(f).get_section_by_name(name)
+        return (found["sh_offset"], found["sh_size"]) if found else None
+
+
+def stamp_image_id(image: str, runtime: str, id_section: str, unpacked_bytes: int) -> None:
+    """Write "<id> <unpacked bytes>" into the runtime's ID section of ``image``: the first
+    128 bits of the squashfs's SHA-256, so the runtime keys its extraction cache and
+    shared mount by content without hashing the file at every start. Runtimes without
+    the section (the official one) are left as they are."""
+    where = section(runtime, id_section)
+    if where is None:
+        return
+    offset, size = where
+    digest = hashlib.sha256()
+    with open(image, "rb+") as f:
+        f.seek(os.path.getsize(runtime))
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        text = f"{digest.hexdigest()[:32]} {unpacked_bytes}".encode()
+        f.seek(offset)
+        f.write(text + b"\0" * (size - len(text)))

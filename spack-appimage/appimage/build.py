@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import spack.llnl.util.tty as tty
 
-from . import apprun, assemble, closure, entries, relocate, squashfs, stage
+from . import apprun, assemble, closure, entries, relocate, runtime, squashfs, stage
 from .errors import EntryError, OutputError
 from .policy import DEFAULT_POLICY, HostPolicy
 
@@ -127,16 +127,11 @@ def run(env, options: Options) -> Result:
         _check_default(options, found)
         if not options.dry_run:
             assemble.check_output(options.output, options.force)
-            if not options.runtime:
-                raise OutputError(
-                    "no AppImage runtime given",
-                    "pass --runtime FILE or set config:appimage:runtime to an AppImage "
-                    "type-2 runtime file",
-                )
-            assemble.check_runtime(options.runtime)
+            runtime_file = options.runtime or runtime.build()
+            assemble.check_runtime(runtime_file)
             mksquashfs = squashfs.find_mksquashfs(nodes)
             squashfs.check_compression(mksquashfs, options.compression)
-            if options.compression not in squashfs.OFFICIAL_RUNTIME_READS:
+            if options.runtime and options.compression not in squashfs.OFFICIAL_RUNTIME_READS:
                 tty.warn(
                     f"the official AppImage runtime cannot read {options.compression} "
                     f"images (only {' and '.join(squashfs.OFFICIAL_RUNTIME_READS)}); make "
@@ -172,15 +167,22 @@ def run(env, options: Options) -> Result:
                 with progress.stage("squashfs", f"squashfs: {options.compression}"):
                     squashfs.make(
                         mksquashfs, appdir, partial,
-                        offset=os.path.getsize(options.runtime),
+                        offset=os.path.getsize(runtime_file),
                         compression=options.compression,
                         jobs=options.jobs,
                         progress=tty.msg_enabled() and os.isatty(1),
                     )
                 with progress.stage("assemble", "assemble: runtime + squashfs"):
-                    assemble.write_runtime(options.runtime, partial)
+                    assemble.write_runtime(runtime_file, partial)
+                    assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION,
+                                            _tree_bytes(appdir))
         result.output = os.path.abspath(options.output)
         return result
+
+
+def _tree_bytes(root: str) -> int:
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(root)
+               for f in files)
 
 
 def report(result: Result, layout: stage.Layout) -> None:

@@ -1,0 +1,772 @@
+/*
+ * spack-appimage runtime: an AppImage type-2 runtime for clusters.
+ *
+ * It finds the squashfs appended to itself (at the end of its own ELF data), then
+ * either mounts it with FUSE (squashfuse's low-level ops on libfuse 3, both linked
+ * statically) or extracts it, and runs AppRun from it. Compatible with the official
+ * runtime's flags, environment variables and exit codes (README: "The runtime"), and
+ * unlike it:
+ *
+ *  - one FUSE mount per user, image and node, shared by simultaneous launches: the
+ *    first launcher starts a server; every running app holds a shared lock on the
+ *    mount's "users" file; the server unmounts when nobody has held it for a moment;
+ *    it mounts with auto_unmount, so a killed server leaves no dead mount;
+ *  - a multithreaded FUSE loop;
+ *  - no FUSE (no /dev/fuse, no fusermount, mount refused): extraction, with one line
+ *    on stderr (silenced by APPIMAGE_QUIET);
+ *  - extraction into a cache keyed by an image ID written at build time (no hash of the
+ *    whole file at each start), built in a private directory and renamed into place
+ *    under a lock, so simultaneous starters wait instead of failing; a tree is removed
+ *    only when no process uses it (shared/exclusive locks), and kept with NO_CLEANUP;
+ *  - in extract mode the app is a child: INT, TERM, HUP, QUIT, USR1, USR2 and CONT are
+ *    forwarded, the exit status passes through, death by signal N exits with 128+N;
+ *  - OWD is set in every mode; --appimage-doctor reports what this host allows.
+ *
+ * Runtime failures print "<program>: <message>" on stderr and exit with 127.
+ */
+#define _GNU_SOURCE
+#define FUSE_USE_VERSION 32
+#include <dirent.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <fuse3/fuse_lowlevel.h>
+#include <squashfuse/squashfuse.h>
+#include <squashfuse/ll.h>
+
+#ifndef RUNTIME_VERSION
+#define RUNTIME_VERSION "spack-appimage"
+#endif
+
+#define EXIT_RUNTIME 127
+#define FUSE_SUPER_MAGIC 0x65735546
+#define IDLE_MS_DEFAULT 500
+
+/* Sections that AppImage tools fill in place (sizes fixed by the format), and the
+   image ID that `spack appimage` writes at assembly: "<hex id> <unpacked bytes>". */
+#define SECTION(name) __attribute__((section(name), used, aligned(1)))
+char digest_md5[16] SECTION(".digest_md5") = {0};
+char upd_info[1024] SECTION(".upd_info") = {0};
+char sha256_sig[1024] SECTION(".sha256_sig") = {0};
+char sig_key[8192] SECTION(".sig_key") = {0};
+char image_id[128] SECTION(".spack_appimage_id") = {0};
+
+static const char *prog = "appimage";
+static int verbose;
+
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(EXIT_RUNTIME);
+}
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
+    if (!verbose) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ------------------------------------------------------------------ the image file */
+
+struct image {
+    char path[PATH_MAX];
+    off_t offset;          /* where the squashfs starts */
+    char id[80];           /* cache key */
+    unsigned long long unpacked; /* bytes when extracted; 0 if unknown */
+};
+
+static int read_at(int fd, void *buf, size_t size, off_t at) {
+    return pread(fd, buf, size, at) == (ssize_t)size ? 0 : -1;
+}
+
+/* The ELF end as the official runtime computes it: the later of the section header
+   table's end and the last section's end. Works for both ELF classes. */
+static off_t elf_end(int fd, Elf64_Shdr *strtab_out, off_t *shoff_out, int *shnum_out) {
+    unsigned char ident[EI_NIDENT];
+    if (read_at(fd, ident, sizeof ident, 0) || memcmp(ident, ELFMAG, SELFMAG)) return -1;
+    Elf64_Ehdr eh;
+    if (ident[EI_CLASS] == ELFCLASS64) {
+        if (read_at(fd, &eh, sizeof eh, 0)) return -1;
+    } else {
+        Elf32_Ehdr e32;
+        if (read_at(fd, &e32, sizeof e32, 0)) return -1;
+        eh.e_shoff = e32.e_shoff, eh.e_shentsize = e32.e_shentsize;
+        eh.e_shnum = e32.e_shnum, eh.e_shstrndx = e32.e_shstrndx;
+    }
+    off_t end = eh.e_shoff + (off_t)eh.e_shentsize * eh.e_shnum;
+    if (ident[EI_CLASS] == ELFCLASS64 && eh.e_shnum) {
+        Elf64_Shdr last;
+        if (read_at(fd, &last, sizeof last, eh.e_shoff + (off_t)eh.e_shentsize * (eh.e_shnum - 1)))
+            return -1;
+        if (last.sh_type != SHT_NOBITS && (off_t)(last.sh_offset + last.sh_size) > end)
+            end = last.sh_offset + last.sh_size;
+        if (strtab_out &&
+            read_at(fd, strtab_out, sizeof *strtab_out, eh.e_shoff + (off_t)eh.e_shentsize * eh.e_shstrndx))
+            return -1;
+    }
+    if (shoff_out) *shoff_out = eh.e_shoff;
+    if (shnum_out) *shnum_out = eh.e_shnum;
+    return end;
+}
+
+/* Reads section `name` of the 64-bit ELF in `fd` into buf (NUL-terminated). */
+static int read_section(int fd, const char *name, char *buf, size_t cap) {
+    Elf64_Shdr strtab, sh;
+    off_t shoff;
+    int shnum;
+    if (elf_end(fd, &strtab, &shoff, &shnum) < 0) return -1;
+    for (int i = 0; i < shnum; i++) {
+        char sname[64] = {0};
+        if (read_at(fd, &sh, sizeof sh, shoff + (off_t)sizeof sh * i)) return -1;
+        if (pread(fd, sname, sizeof sname - 1, strtab.sh_offset + sh.sh_name) <= 0) continue;
+        if (strcmp(sname, name)) continue;
+        size_t n = sh.sh_size < cap - 1 ? sh.sh_size : cap - 1;
+        if (read_at(fd, buf, n, sh.sh_offset)) return -1;
+        buf[n] = '\0';
+        return 0;
+    }
+    return -1;
+}
+
+static void open_image(struct image *img) {
+    const char *target = getenv("TARGET_APPIMAGE");
+    if (!realpath(target ? target : "/proc/self/exe", img->path))
+        die("cannot resolve %s: %s", target ? target : "/proc/self/exe", strerror(errno));
+    int fd = open(img->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die("cannot open %s: %s", img->path, strerror(errno));
+    img->offset = elf_end(fd, NULL, NULL, NULL);
+    struct stat st;
+    char magic[4];
+    if (img->offset <= 0 || fstat(fd, &st) || st.st_size < img->offset + 96 ||
+        read_at(fd, magic, 4, img->offset) || memcmp(magic, "hsqs", 4))
+        die("%s has no squashfs image after its runtime (truncated or not an AppImage)",
+            img->path);
+    char idsec[128] = {0};
+    unsigned long long unpacked = 0;
+    if (read_section(fd, ".spack_appimage_id", idsec, sizeof idsec) == 0 && idsec[0] &&
+        sscanf(idsec, "%64s %llu", img->id, &unpacked) >= 1) {
+        img->unpacked = unpacked;
+    } else { /* an image made by other tools: key the cache by the file's identity */
+        snprintf(img->id, sizeof img->id, "f%lx-%lx-%lx-%lx", (unsigned long)st.st_dev,
+                 (unsigned long)st.st_ino, (unsigned long)st.st_size, (unsigned long)st.st_mtime);
+    }
+    close(fd);
+}
+
+static void print_section(const struct image *img, const char *name) {
+    int fd = open(img->path, O_RDONLY | O_CLOEXEC);
+    char buf[8193] = {0};
+    if (fd < 0 || read_section(fd, name, buf, sizeof buf)) die("cannot read section %s", name);
+    printf("%s\n", buf);
+    close(fd);
+}
+
+/* ------------------------------------------------------- where to mount or extract */
+
+/* A private directory <candidate>/spack-appimage-<uid>: created 0700, or reused only
+   if it is a real directory of ours that nobody else can write. */
+static int private_base(const char *candidate, char *out, size_t cap) {
+    snprintf(out, cap, "%s/spack-appimage-%u", candidate, (unsigned)getuid());
+    if (mkdir(out, 0700) && errno != EEXIST) return -1;
+    struct stat st;
+    if (lstat(out, &st) || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "%s: refusing %s: not a directory\n", prog, out);
+        return -1;
+    }
+    if (st.st_uid != getuid() || (st.st_mode & 077)) {
+        fprintf(stderr, "%s: refusing %s: owned by uid %u or open to others\n", prog, out,
+                (unsigned)st.st_uid);
+        return -1;
+    }
+    return 0;
+}
+
+/* Candidates in order: $TMPDIR, $XDG_RUNTIME_DIR, /tmp, /var/tmp, /dev/shm. */
+static int candidates(const char *list[6]) {
+    int n = 0;
+    const char *env[] = {getenv("TMPDIR"), getenv("XDG_RUNTIME_DIR")};
+    for (int i = 0; i < 2; i++)
+        if (env[i] && *env[i]) list[n++] = env[i];
+    list[n++] = "/tmp";
+    list[n++] = "/var/tmp";
+    list[n++] = "/dev/shm";
+    return n;
+}
+
+/* The first candidate that takes a private directory, with exec allowed and `need`
+   free bytes when asked. */
+static int pick_base(int need_exec, unsigned long long need, char *out, size_t cap) {
+    const char *list[6];
+    int n = candidates(list);
+    for (int i = 0; i < n; i++) {
+        struct statvfs sv;
+        if (statvfs(list[i], &sv)) continue;
+        if (need_exec && (sv.f_flag & ST_NOEXEC)) {
+            say("skipping %s: mounted noexec", list[i]);
+            continue;
+        }
+        if (need && (unsigned long long)sv.f_bavail * sv.f_frsize < need) {
+            say("skipping %s: less than %llu bytes free", list[i], need);
+            continue;
+        }
+        if (private_base(list[i], out, cap) == 0) return 0;
+    }
+    return -1;
+}
+
+static int open_lock(const char *dir, const char *name) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+}
+
+/* ------------------------------------------------------------------- environment */
+
+static void set_app_environment(const struct image *img, const char *appdir,
+                                const char *argv0, const char *owd) {
+    setenv("APPIMAGE", img->path, 1);
+    setenv("APPDIR", appdir, 1);
+    setenv("ARGV0", argv0, 1);
+    setenv("OWD", owd, 1);
+    char portable[PATH_MAX + 16];
+    struct stat st;
+    snprintf(portable, sizeof portable, "%s.home", img->path);
+    if (!stat(portable, &st) && S_ISDIR(st.st_mode) && !access(portable, W_OK)) {
+        fprintf(stderr, "Setting $HOME to %s\n", portable);
+        setenv("HOME", portable, 1);
+    }
+    snprintf(portable, sizeof portable, "%s.config", img->path);
+    if (!stat(portable, &st) && S_ISDIR(st.st_mode) && !access(portable, W_OK)) {
+        fprintf(stderr, "Setting $XDG_CONFIG_HOME to %s\n", portable);
+        setenv("XDG_CONFIG_HOME", portable, 1);
+    }
+}
+
+/* ---------------------------------------------------------------------- FUSE mode */
+
+#ifdef SQFS_MULTITHREADED
+#define LOCKED(call) call
+#else
+/* Debian's squashfuse 0.1.x keeps unsynchronized caches: the loop is multithreaded
+   (requests are read and answered in parallel) but squashfuse itself runs one op at a
+   time. A squashfuse built with multithreading (0.5+) runs them concurrently. */
+static pthread_mutex_t sqfs_lock = PTHREAD_MUTEX_INITIALIZER;
+#define LOCKED(call) do { pthread_mutex_lock(&sqfs_lock); call; pthread_mutex_unlock(&sqfs_lock); } while (0)
+#endif
+
+static void op_getattr(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_getattr(r, i, f)); }
+static void op_opendir(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_opendir(r, i, f)); }
+static void op_releasedir(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_releasedir(r, i, f)); }
+static void op_readdir(fuse_req_t r, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_readdir(r, i, s, o, f)); }
+static void op_lookup(fuse_req_t r, fuse_ino_t p, const char *n) { LOCKED(sqfs_ll_op_lookup(r, p, n)); }
+static void op_open(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_open(r, i, f)); }
+static void op_release(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_release(r, i, f)); }
+static void op_read(fuse_req_t r, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_read(r, i, s, o, f)); }
+static void op_readlink(fuse_req_t r, fuse_ino_t i) { LOCKED(sqfs_ll_op_readlink(r, i)); }
+static void op_listxattr(fuse_req_t r, fuse_ino_t i, size_t s) { LOCKED(sqfs_ll_op_listxattr(r, i, s)); }
+static void op_getxattr(fuse_req_t r, fuse_ino_t i, const char *n, size_t s) { LOCKED(sqfs_ll_op_getxattr(r, i, n, s)); }
+static void op_forget(fuse_req_t r, fuse_ino_t i, uint64_t n) { LOCKED(sqfs_ll_op_forget(r, i, n)); }
+static void op_statfs(fuse_req_t r, fuse_ino_t i) { LOCKED(stfs_ll_op_statfs(r, i)); }
+
+static const struct fuse_lowlevel_ops ops = {
+    .getattr = op_getattr, .opendir = op_opendir, .releasedir = op_releasedir,
+    .readdir = op_readdir, .lookup = op_lookup, .open = op_open, .release = op_release,
+    .read = op_read, .readlink = op_readlink, .listxattr = op_listxattr,
+    .getxattr = op_getxattr, .forget = op_forget, .statfs = op_statfs,
+};
+
+static long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
+}
+
+struct server {
+    struct fuse_session *se;
+    const char *dir;
+    long idle_ms;
+};
+
+/* Unmounts once no app has held the users lock for idle_ms. The mount lock is taken
+   first, so no launcher is between "is it mounted?" and taking its users lock. */
+static void *watch_users(void *arg) {
+    struct server *s = arg;
+    int lock = open_lock(s->dir, "lock"), users = open_lock(s->dir, "users");
+    long idle_since = 0;
+    for (;;) {
+        usleep(20000);
+        if (flock(lock, LOCK_EX | LOCK_NB)) continue;
+        if (flock(users, LOCK_EX | LOCK_NB)) {
+            idle_since = 0;
+        } else if (!idle_since) {
+            idle_since = now_ms();
+        } else if (now_ms() - idle_since >= s->idle_ms) {
+            fuse_session_exit(s->se);
+            fuse_session_unmount(s->se); /* wakes the loop's threads with ENODEV */
+            char mnt[PATH_MAX];
+            snprintf(mnt, sizeof mnt, "%s/mnt", s->dir);
+            rmdir(mnt);
+            flock(users, LOCK_UN);
+            flock(lock, LOCK_UN);
+            return NULL;
+        }
+        flock(users, LOCK_UN);
+        flock(lock, LOCK_UN);
+    }
+}
+
+/* The server process: mounts, reports on `ready` ("R" or "E<message>"), serves. */
+static void serve(const struct image *img, const char *dir, const char *mnt, int ready) {
+    sqfs_ll *ll = sqfs_ll_open(img->path, img->offset);
+    char msg[PATH_MAX + 64];
+    if (!ll) {
+        snprintf(msg, sizeof msg, "Ecannot open the squashfs in %s", img->path);
+        (void)!write(ready, msg, strlen(msg));
+        _exit(1);
+    }
+    char fsname[PATH_MAX + 32];
+    snprintf(fsname, sizeof fsname, "ro,nodev,nosuid,auto_unmount,fsname=%s,subtype=spack-appimage", img->path);
+    if (getuid() == 0 && !getenv("FUSERMOUNT_PROG") && access("/usr/bin/fusermount3", X_OK)) {
+        /* root without fusermount3: mount(2) directly; auto_unmount needs fusermount */
+        snprintf(fsname, sizeof fsname, "ro,nodev,nosuid,fsname=%s,subtype=spack-appimage", img->path);
+    }
+    char *argv[] = {(char *)prog, "-o", fsname, NULL};
+    struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+    struct fuse_session *se = fuse_session_new(&args, &ops, sizeof ops, ll);
+    if (!se || fuse_session_mount(se, mnt)) {
+        snprintf(msg, sizeof msg, "Ethe FUSE mount of %s failed", mnt);
+        (void)!write(ready, msg, strlen(msg));
+        _exit(1);
+    }
+    (void)!write(ready, "R", 1);
+    close(ready);
+    const char *idle = getenv("APPIMAGE_IDLE_MS");
+    struct server s = {se, dir, idle ? atol(idle) : IDLE_MS_DEFAULT};
+    pthread_t watcher;
+    pthread_create(&watcher, NULL, watch_users, &s);
+    struct fuse_loop_config config = {.clone_fd = 0, .max_idle_threads = 10};
+    fuse_session_loop_mt(se, &config);
+    pthread_join(watcher, NULL);
+    fuse_session_destroy(se);
+    _exit(0);
+}
+
+/* A setuid-root fusermount, as libfuse needs one when not root. */
+static int find_fusermount(char *out, size_t cap) {
+    const char *explicit = getenv("FUSERMOUNT_PROG");
+    const char *names[] = {"fusermount3", "fusermount"};
+    struct stat st;
+    if (explicit && *explicit) {
+        snprintf(out, cap, "%s", explicit);
+        return access(out, X_OK);
+    }
+    const char *path = getenv("PATH");
+    if (!path) return -1;
+    for (int n = 0; n < 2; n++) {
+        char *copy = strdup(path), *save = NULL;
+        for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+            snprintf(out, cap, "%s/%s", d, names[n]);
+            if (!stat(out, &st) && st.st_uid == 0 && (st.st_mode & S_ISUID)) {
+                free(copy);
+                return 0;
+            }
+        }
+        free(copy);
+    }
+    return -1;
+}
+
+/* Why FUSE cannot be used here, or NULL. */
+static const char *fuse_unusable(void) {
+    if (access("/dev/fuse", R_OK | W_OK)) return "/dev/fuse is missing or not accessible";
+    char fusermount[PATH_MAX];
+    if (getuid() != 0 && find_fusermount(fusermount, sizeof fusermount))
+        return "no setuid fusermount3 or fusermount in PATH";
+    return NULL;
+}
+
+static int is_mounted(const char *mnt) {
+    struct statfs sf;
+    char apprun[PATH_MAX + 8];
+    snprintf(apprun, sizeof apprun, "%s/AppRun", mnt);
+    return !statfs(mnt, &sf) && (unsigned)sf.f_type == FUSE_SUPER_MAGIC && !access(apprun, F_OK);
+}
+
+/* Starts the server in its own session, detached from this process, and waits until
+   it has mounted. Returns 0, or -1 with the reason in `why`. */
+static int start_server(const struct image *img, const char *dir, const char *mnt,
+                        int held[2], char *why, size_t cap) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC)) return snprintf(why, cap, "pipe: %s", strerror(errno)), -1;
+    pid_t first = fork();
+    if (first < 0) return snprintf(why, cap, "fork: %s", strerror(errno)), -1;
+    if (first == 0) {
+        close(pipefd[0]);
+        close(held[0]); /* the launcher's locks stay the launcher's */
+        close(held[1]);
+        setsid();
+        if (fork()) _exit(0);
+        if (chdir("/")) _exit(1);
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0), dup2(null, 1);
+        if (!verbose) dup2(null, 2);
+        serve(img, dir, mnt, pipefd[1]);
+    }
+    close(pipefd[1]);
+    waitpid(first, NULL, 0);
+    char reply[PATH_MAX + 64] = {0};
+    ssize_t n = read(pipefd[0], reply, sizeof reply - 1);
+    close(pipefd[0]);
+    if (n > 0 && reply[0] == 'R') return 0;
+    snprintf(why, cap, "%s", n > 1 ? reply + 1 : "the FUSE server died");
+    return -1;
+}
+
+/* Mounts (or joins the mount of) the image; returns the users-lock fd the app must
+   keep open, or -1 with the reason in `why`. */
+static int join_mount(const struct image *img, char *mnt, size_t cap, char *why, size_t wcap) {
+    char base[PATH_MAX], dir[PATH_MAX];
+    if (pick_base(0, 0, base, sizeof base))
+        return snprintf(why, wcap, "no usable directory for the mount point"), -1;
+    snprintf(dir, sizeof dir, "%s/%s", base, img->id);
+    if (mkdir(dir, 0700) && errno != EEXIST)
+        return snprintf(why, wcap, "mkdir %s: %s", dir, strerror(errno)), -1;
+    snprintf(mnt, cap, "%s/mnt", dir);
+    int users = open_lock(dir, "users"), lock = open_lock(dir, "lock");
+    if (users < 0 || lock < 0) return snprintf(why, wcap, "cannot create locks in %s", dir), -1;
+    flock(users, LOCK_SH);
+    flock(lock, LOCK_EX);
+    int held[2] = {users, lock};
+    int rc = 0;
+    if (!is_mounted(mnt)) {
+        struct statfs sf;
+        if (statfs(mnt, &sf) && errno == ENOTCONN) { /* a dead mount: clear it */
+            char command[PATH_MAX + 64];
+            snprintf(command, sizeof command, "fusermount3 -u -z '%s' 2>/dev/null || umount -l '%s' 2>/dev/null", mnt, mnt);
+            if (system(command)) say("could not clear the dead mount %s", mnt);
+        }
+        mkdir(mnt, 0700);
+        say("mounting %s at %s", img->path, mnt);
+        rc = start_server(img, dir, mnt, held, why, wcap);
+    } else {
+        say("joining the mount at %s", mnt);
+    }
+    close(lock); /* releases the mount lock */
+    if (rc) {
+        close(users);
+        return -1;
+    }
+    fcntl(users, F_SETFD, 0); /* inherited by the app: its shared lock keeps the mount */
+    return users;
+}
+
+/* ---------------------------------------------------------------- extraction */
+
+static int write_file(sqfs *fs, sqfs_inode *inode, const char *dest, mode_t mode) {
+    int fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    static char buf[1 << 17];
+    off_t size = inode->xtra.reg.file_size, pos = 0;
+    while (pos < size) {
+        sqfs_off_t n = size - pos < (off_t)sizeof buf ? size - pos : (off_t)sizeof buf;
+        if (sqfs_read_range(fs, inode, pos, &n, buf) || write(fd, buf, n) != n) {
+            close(fd);
+            return -1;
+        }
+        pos += n;
+    }
+    fchmod(fd, mode);
+    return close(fd);
+}
+
+/* Extracts every path matching `pattern` (all if NULL) under `root`. */
+static int extract(const struct image *img, const char *root, const char *pattern) {
+    sqfs fs;
+    if (sqfs_open_image(&fs, img->path, img->offset)) {
+        fprintf(stderr, "%s: cannot open the squashfs of %s\n", prog, img->path);
+        return -1;
+    }
+    sqfs_traverse trv;
+    if (sqfs_traverse_open(&trv, &fs, sqfs_inode_root(&fs))) return -1;
+    sqfs_err err = SQFS_OK;
+    int rc = 0;
+    while (sqfs_traverse_next(&trv, &err)) {
+        if (trv.dir_end) continue;
+        if (pattern && fnmatch(pattern, trv.path, FNM_PATHNAME | FNM_LEADING_DIR)) continue;
+        char dest[PATH_MAX * 2];
+        snprintf(dest, sizeof dest, "%s/%s", root, trv.path);
+        /* parents of a matched path, for patterns that skip them */
+        for (char *p = dest + strlen(root) + 1; (p = strchr(p, '/')); p++) {
+            *p = '\0';
+            mkdir(dest, 0755);
+            *p = '/';
+        }
+        sqfs_inode inode;
+        if (sqfs_inode_get(&fs, &inode, sqfs_dentry_inode(&trv.entry))) { rc = -1; break; }
+        mode_t mode = inode.base.mode & 0777;
+        if (S_ISDIR(inode.base.mode)) {
+            if (mkdir(dest, 0755) && errno != EEXIST) { rc = -1; break; }
+            chmod(dest, mode | 0700);
+        } else if (S_ISREG(inode.base.mode)) {
+            unlink(dest);
+            if (write_file(&fs, &inode, dest, mode)) { rc = -1; break; }
+        } else if (S_ISLNK(inode.base.mode)) {
+            char target[PATH_MAX];
+            size_t size = sizeof target;
+            if (sqfs_readlink(&fs, &inode, target, &size)) { rc = -1; break; }
+            unlink(dest);
+            if (symlink(target, dest)) { rc = -1; break; }
+        }
+        if (verbose) fprintf(stderr, "%s\n", trv.path);
+    }
+    if (err) rc = -1;
+    if (rc) fprintf(stderr, "%s: extraction to %s failed: %s\n", prog, root, strerror(errno));
+    sqfs_traverse_close(&trv);
+    sqfs_destroy(&fs);
+    return rc;
+}
+
+static int remove_tree(const char *path) {
+    char command[PATH_MAX + 32];
+    snprintf(command, sizeof command, "rm -rf -- '%s'", path);
+    return system(command);
+}
+
+/* Extracts into the cache once (private temp dir, then rename, under the lock); returns
+   the users-lock fd that marks this process as using the tree. */
+static int join_extraction(const struct image *img, char *root, size_t cap, char *dir, size_t dcap) {
+    char base[PATH_MAX];
+    if (pick_base(1, img->unpacked, base, sizeof base))
+        die("no directory allows extraction (exec allowed, %llu bytes free, private): "
+            "set TMPDIR to a node-local directory", img->unpacked);
+    snprintf(dir, dcap, "%s/%s", base, img->id);
+    if (mkdir(dir, 0700) && errno != EEXIST) die("mkdir %s: %s", dir, strerror(errno));
+    snprintf(root, cap, "%s/root", dir);
+    int lock = open_lock(dir, "lock"), users = open_lock(dir, "users");
+    if (lock < 0 || users < 0) die("cannot create locks in %s", dir);
+    flock(lock, LOCK_EX);
+    if (access(root, F_OK)) {
+        char tmp[PATH_MAX];
+        snprintf(tmp, sizeof tmp, "%s/tmp.XXXXXX", dir);
+        if (!mkdtemp(tmp)) die("mkdtemp %s: %s", tmp, strerror(errno));
+        say("extracting %s to %s", img->path, root);
+        if (extract(img, tmp, NULL) || rename(tmp, root)) {
+            remove_tree(tmp);
+            die("cannot extract %s into %s", img->path, dir);
+        }
+    }
+    flock(users, LOCK_SH);
+    close(lock);
+    return users;
+}
+
+/* Removes the tree if nobody else uses it (and NO_CLEANUP is not set). */
+static void leave_extraction(const char *dir, const char *root, int users) {
+    close(users);
+    if (getenv("NO_CLEANUP")) return;
+    int lock = open_lock(dir, "lock");
+    users = open_lock(dir, "users");
+    flock(lock, LOCK_EX);
+    if (!flock(users, LOCK_EX | LOCK_NB)) {
+        char doomed[PATH_MAX + 16];
+        snprintf(doomed, sizeof doomed, "%s.old", root);
+        if (!rename(root, doomed)) remove_tree(doomed);
+    }
+    close(users);
+    close(lock);
+}
+
+static pid_t child;
+static void forward(int sig) {
+    if (child > 0) kill(child, sig);
+}
+
+static int run_extracted(const struct image *img, char **argv, const char *owd) {
+    char root[PATH_MAX], dir[PATH_MAX], apprun[PATH_MAX + 8];
+    int users = join_extraction(img, root, sizeof root, dir, sizeof dir);
+    snprintf(apprun, sizeof apprun, "%s/AppRun", root);
+    const char *argv0 = argv[0];
+    set_app_environment(img, root, argv0, owd);
+    int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
+    struct sigaction sa = {.sa_handler = forward};
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &sa, NULL);
+    child = fork();
+    if (child < 0) die("fork: %s", strerror(errno));
+    if (child == 0) {
+        struct sigaction dfl = {.sa_handler = SIG_DFL};
+        for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &dfl, NULL);
+        execv(apprun, argv);
+        fprintf(stderr, "%s: cannot run %s: %s\n", prog, apprun, strerror(errno));
+        _exit(EXIT_RUNTIME);
+    }
+    int status;
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+    leave_extraction(dir, root, users);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return WEXITSTATUS(status);
+}
+
+/* ------------------------------------------------------------------- the flags */
+
+static void help(void) {
+    fprintf(stderr,
+        "AppImage runtime (%s)\n\n"
+        "  --appimage-help                  this text\n"
+        "  --appimage-version               the runtime's version\n"
+        "  --appimage-offset                where the squashfs starts, in bytes\n"
+        "  --appimage-extract [PATTERN]     extract (paths matching PATTERN) to ./squashfs-root\n"
+        "  --appimage-extract-and-run ...   run from an extracted copy instead of a FUSE mount\n"
+        "  --appimage-mount                 mount, print the mount point, wait until killed\n"
+        "  --appimage-updateinformation     print the update information (also --appimage-updateinfo)\n"
+        "  --appimage-signature             print the embedded signature\n"
+        "  --appimage-portable-home         create <image>.home, used as $HOME from then on\n"
+        "  --appimage-portable-config       create <image>.config, used as $XDG_CONFIG_HOME\n"
+        "  --appimage-doctor                report what this host allows (FUSE, directories)\n\n"
+        "Environment: APPIMAGE_EXTRACT_AND_RUN (extract instead of mounting), NO_CLEANUP\n"
+        "(keep the extracted copy), TMPDIR (first place to mount or extract), TARGET_APPIMAGE\n"
+        "(operate on that file), VERBOSE, APPIMAGE_QUIET (no line when falling back to\n"
+        "extraction), APPIMAGE_IDLE_MS (how long a shared mount outlives its last user),\n"
+        "FUSERMOUNT_PROG. Failures exit with 127; an app killed by signal N exits with 128+N.\n",
+        RUNTIME_VERSION);
+}
+
+static int doctor(const struct image *img) {
+    printf("image: %s\nsquashfs offset: %lld\nimage id: %s\n", img->path,
+           (long long)img->offset, img->id);
+    printf("/dev/fuse: %s\n", access("/dev/fuse", R_OK | W_OK) ? "NOT usable" : "usable");
+    char fusermount[PATH_MAX];
+    int found = find_fusermount(fusermount, sizeof fusermount) == 0;
+    printf("fusermount: %s%s\n", found ? fusermount : "none (setuid-root fusermount3/fusermount in PATH)",
+           getuid() == 0 ? " (root: not needed)" : "");
+    const char *why = fuse_unusable();
+    if (why) printf("mode: extract (%s)\n", why); else printf("mode: FUSE mount\n");
+    FILE *f = fopen("/proc/sys/user/max_user_namespaces", "r");
+    long userns = -1;
+    if (f) { if (fscanf(f, "%ld", &userns) != 1) userns = -1; fclose(f); }
+    printf("user namespaces: %s\n", userns > 0 ? "allowed" : "not allowed");
+    const char *list[6];
+    int n = candidates(list);
+    for (int i = 0; i < n; i++) {
+        struct statvfs sv;
+        if (statvfs(list[i], &sv)) { printf("directory %s: missing\n", list[i]); continue; }
+        printf("directory %s: exec %s, %llu MiB free, writable %s\n", list[i],
+               (sv.f_flag & ST_NOEXEC) ? "NOT allowed" : "allowed",
+               (unsigned long long)sv.f_bavail * sv.f_frsize >> 20,
+               access(list[i], W_OK) ? "no" : "yes");
+    }
+    if (img->unpacked) printf("extraction needs: %llu MiB\n", img->unpacked >> 20);
+    return 0;
+}
+
+static int portable(const struct image *img, const char *suffix) {
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s.%s", img->path, suffix);
+    if (mkdir(path, 0700) && errno != EEXIST)
+        fprintf(stderr, "Error creating portable %s directory %s: %s\n", suffix, path, strerror(errno));
+    else
+        fprintf(stderr, "Portable %s directory created at %s\n", suffix, path);
+    return 0;
+}
+
+/* The official runtime looks only at the first argument that starts with "--". */
+static const char *first_long_option(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strncmp(argv[i], "--", 2)) return argv[i] + 2;
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    const char *base = strrchr(argv[0], '/');
+    prog = base ? base + 1 : argv[0];
+    verbose = getenv("VERBOSE") != NULL;
+    char owd[PATH_MAX];
+    if (!getcwd(owd, sizeof owd)) snprintf(owd, sizeof owd, "/");
+
+    struct image img = {0};
+    const char *arg = first_long_option(argc, argv);
+    if (arg && !strcmp(arg, "appimage-help")) return help(), 0;
+    if (arg && !strcmp(arg, "appimage-version")) {
+        fprintf(stderr, "AppImage runtime version: %s\n", RUNTIME_VERSION);
+        return 0;
+    }
+    open_image(&img);
+    int extract_and_run = getenv("APPIMAGE_EXTRACT_AND_RUN") != NULL;
+    if (arg && !strncmp(arg, "appimage", 8)) {
+        if (!strcmp(arg, "appimage-offset")) return printf("%lld\n", (long long)img.offset), 0;
+        if (!strcmp(arg, "appimage-extract")) {
+            if (argc > 3) { fprintf(stderr, "Unexpected argument count: %d\n", argc - 1); return 1; }
+            mkdir("squashfs-root", 0755);
+            return extract(&img, "squashfs-root", argc == 3 ? argv[2] : NULL) ? 1 : 0;
+        }
+        if (!strcmp(arg, "appimage-updateinformation") || !strcmp(arg, "appimage-updateinfo"))
+            return print_section(&img, ".upd_info"), 0;
+        if (!strcmp(arg, "appimage-signature")) return print_section(&img, ".sha256_sig"), 0;
+        if (!strcmp(arg, "appimage-portable-home")) return portable(&img, "home");
+        if (!strcmp(arg, "appimage-portable-config")) return portable(&img, "config");
+        if (!strcmp(arg, "appimage-doctor")) return doctor(&img);
+        if (!strcmp(arg, "appimage-mount")) {
+            char mnt[PATH_MAX], why[PATH_MAX + 64];
+            if (join_mount(&img, mnt, sizeof mnt, why, sizeof why) < 0) die("%s", why);
+            printf("%s\n", mnt);
+            fflush(stdout);
+            for (;;) pause();
+        }
+        if (!strcmp(arg, "appimage-extract-and-run")) {
+            extract_and_run = 1;
+        } else {
+            fprintf(stderr, "--%s is not yet implemented in version %s\n", arg, RUNTIME_VERSION);
+            return 1;
+        }
+    }
+
+    if (extract_and_run) {
+        int n = 0;
+        for (int i = 0; i < argc; i++)
+            if (strcmp(argv[i], "--appimage-extract-and-run")) argv[n++] = argv[i];
+        argv[n] = NULL;
+        return run_extracted(&img, argv, owd);
+    }
+    const char *why = fuse_unusable();
+    char mnt[PATH_MAX], reason[PATH_MAX + 64];
+    int users = why ? -1 : join_mount(&img, mnt, sizeof mnt, reason, sizeof reason);
+    if (users < 0) {
+        if (!getenv("APPIMAGE_QUIET"))
+            fprintf(stderr, "%s: cannot mount (%s); extracting instead\n", prog, why ? why : reason);
+        return run_extracted(&img, argv, owd);
+    }
+    char apprun[PATH_MAX + 8];
+    snprintf(apprun, sizeof apprun, "%s/AppRun", mnt);
+    set_app_environment(&img, mnt, argv[0], owd);
+    execv(apprun, argv);
+    die("cannot run %s: %s", apprun, strerror(errno));
+}
