@@ -7,10 +7,12 @@ Spack installation's own scopes (compilers, builtin repo) still apply. Library-l
 tests import the extension into this interpreter from the same Spack.
 """
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -35,7 +37,12 @@ SPACK_MISSING = (
     "spack is not on PATH: run ../shared/setup-spack SPACK_GIT PACKAGES_GIT (see README, 'Tests')"
 )
 
-# Import Spack and the extension into this interpreter, as `spack python` would.
+# Import Spack and the extension into this interpreter, as `spack python` would, with
+# user config and cache scopes of its own (the compilers come from Spack's own scopes).
+_IN_PROCESS = tempfile.mkdtemp(prefix="spack-appimage-tests-")
+os.environ["SPACK_USER_CONFIG_PATH"] = os.path.join(_IN_PROCESS, "config")
+os.environ["SPACK_USER_CACHE_PATH"] = os.path.join(_IN_PROCESS, "cache")
+atexit.register(shutil.rmtree, _IN_PROCESS, ignore_errors=True)
 _SPACK_BIN = shutil.which("spack")
 if _SPACK_BIN:
     _spack_root = os.path.dirname(os.path.dirname(os.path.realpath(_SPACK_BIN)))

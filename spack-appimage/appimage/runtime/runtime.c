@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
+#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -40,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -421,6 +423,19 @@ static int is_mounted(const char *mnt) {
     return !statfs(mnt, &sf) && (unsigned)sf.f_type == FUSE_SUPER_MAGIC && !access(apprun, F_OK);
 }
 
+/* A mount whose server died without auto_unmount (e.g. root without fusermount3). */
+static void clear_dead_mount(const char *mnt) {
+    char fusermount[PATH_MAX];
+    if (getuid() == 0 && !umount2(mnt, MNT_DETACH)) return;
+    if (find_fusermount(fusermount, sizeof fusermount)) return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(fusermount, fusermount, "-u", "-z", mnt, (char *)NULL);
+        _exit(1);
+    }
+    if (pid > 0) waitpid(pid, NULL, 0);
+}
+
 /* Starts the server in its own session, detached from this process, and waits until
    it has mounted. Returns 0, or -1 with the reason in `why`. */
 static int start_server(const struct image *img, const char *dir, const char *mnt,
@@ -469,11 +484,7 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
     int rc = 0;
     if (!is_mounted(mnt)) {
         struct statfs sf;
-        if (statfs(mnt, &sf) && errno == ENOTCONN) { /* a dead mount: clear it */
-            char command[PATH_MAX + 64];
-            snprintf(command, sizeof command, "fusermount3 -u -z '%s' 2>/dev/null || umount -l '%s' 2>/dev/null", mnt, mnt);
-            if (system(command)) say("could not clear the dead mount %s", mnt);
-        }
+        if (statfs(mnt, &sf) && errno == ENOTCONN) clear_dead_mount(mnt);
         mkdir(mnt, 0700);
         say("mounting %s at %s", img->path, mnt);
         rc = start_server(img, dir, mnt, held, why, wcap);
@@ -555,10 +566,13 @@ static int extract(const struct image *img, const char *root, const char *patter
     return rc;
 }
 
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    (void)st, (void)ftw;
+    return type == FTW_DP ? rmdir(path) : unlink(path);
+}
+
 static int remove_tree(const char *path) {
-    char command[PATH_MAX + 32];
-    snprintf(command, sizeof command, "rm -rf -- '%s'", path);
-    return system(command);
+    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Extracts into the cache once (private temp dir, then rename, under the lock); returns

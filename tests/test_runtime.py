@@ -1,0 +1,303 @@
+"""The runtime, with real FUSE mounts and real processes.
+
+Each image holds a small C AppRun that prints its arguments, environment and working
+directory, and then, as asked by its first argument, exits with a code, kills itself
+with a signal, or waits for SIGTERM.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+from conftest import cc
+from elftools.elf.elffile import ELFFile
+
+from spack.extensions.appimage import assemble, runtime, squashfs
+
+APPRUN = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static void on_signal(int s) { printf("got signal %d\n", s); fflush(stdout); _exit(99); }
+int main(int argc, char **argv) {
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) return 3;
+    printf("argv:");
+    for (int i = 0; i < argc; i++) printf(" %s", argv[i]);
+    printf("\n");
+    const char *names[] = {"APPIMAGE", "APPDIR", "ARGV0", "OWD", "HOME"};
+    for (int i = 0; i < 5; i++) printf("%s=%s\n", names[i], getenv(names[i]) ? getenv(names[i]) : "-");
+    printf("cwd=%s\n", cwd);
+    fflush(stdout);
+    const char *what = argc > 1 ? argv[1] : "";
+    if (!strcmp(what, "exit")) return atoi(argv[2]);
+    if (!strcmp(what, "kill")) raise(atoi(argv[2]));
+    if (!strcmp(what, "wait")) {
+        signal(SIGTERM, on_signal);
+        signal(SIGUSR1, on_signal);
+        printf("ready\n");
+        fflush(stdout);
+        for (;;) pause();
+    }
+    return 0;
+}
+"""
+
+MODES = {"mount": {}, "extract": {"APPIMAGE_EXTRACT_AND_RUN": "1"}}
+
+
+@pytest.fixture(scope="module")
+def our_runtime():
+    return runtime.build()
+
+
+@pytest.fixture(scope="module")
+def image(our_runtime, tmp_path_factory):
+    """A world-readable image (tests also run it as nobody)."""
+    work = tempfile.mkdtemp(prefix="runtime-test-")
+    os.chmod(work, 0o755)
+    appdir = os.path.join(work, "AppDir")
+    os.makedirs(os.path.join(appdir, "data"))
+    cc(os.path.join(appdir, "AppRun"), APPRUN)
+    os.remove(os.path.join(appdir, "AppRun.c"))
+    with open(os.path.join(appdir, "data", "x.txt"), "w") as f:
+        f.write("x\n")
+    return make_image(our_runtime, appdir, os.path.join(work, "t.app"))
+
+
+def make_image(runtime_file, appdir, output):
+    mksquashfs = squashfs.find_mksquashfs([])
+    with assemble.output_file(output, force=True) as partial:
+        squashfs.make(mksquashfs, appdir, partial, offset=os.path.getsize(runtime_file),
+                      compression="zstd", jobs=None, progress=False)
+        assemble.write_runtime(runtime_file, partial)
+        assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION, 4 << 20)
+    return output
+
+
+def run(image, *args, mode="mount", env=None, **kwargs):
+    environment = dict(os.environ, **MODES[mode], **(env or {}))
+    return subprocess.run([image, *args], capture_output=True, text=True, env=environment,
+                          **kwargs)
+
+
+def fields(stdout):
+    return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+
+
+def mounts_of(image):
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if image in line]
+
+
+def wait_unmounted(image, seconds=10):
+    deadline = time.time() + seconds
+    while mounts_of(image) and time.time() < deadline:
+        time.sleep(0.1)
+    return not mounts_of(image)
+
+
+def test_format(image, our_runtime, tmp_path):
+    data = open(image, "rb").read()
+    assert data[:4] == b"\x7fELF" and data[8:11] == b"AI\x02"
+    with open(our_runtime, "rb") as f:
+        sections = {s.name: s["sh_size"] for s in ELFFile(f).iter_sections()}
+    assert {n: sections[n] for n in (".digest_md5", ".upd_info", ".sha256_sig", ".sig_key")} == {
+        ".digest_md5": 16, ".upd_info": 1024, ".sha256_sig": 1024, ".sig_key": 8192}
+    offset = run(image, "--appimage-offset").stdout.strip()
+    assert int(offset) == os.path.getsize(our_runtime) == assemble.elf_size(our_runtime)
+    assert data[int(offset):int(offset) + 4] == b"hsqs"
+    # Other tools open it too.
+    subprocess.run(["unsquashfs", "-o", offset, "-d", str(tmp_path / "u"), image], check=True,
+                   capture_output=True)
+    assert (tmp_path / "u" / "data" / "x.txt").read_text() == "x\n"
+    point = tmp_path / "m"
+    point.mkdir()
+    subprocess.run(["squashfuse", "-o", f"offset={offset}", image, str(point)], check=True)
+    try:
+        assert (point / "data" / "x.txt").read_text() == "x\n"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(point)], check=True)
+
+
+@pytest.mark.parametrize(
+    "flag, stream, text",
+    [
+        ("--appimage-help", "stderr", "--appimage-extract [PATTERN]"),
+        ("--appimage-version", "stderr", "AppImage runtime version: "),
+        ("--appimage-updateinformation", "stdout", "\n"),
+        ("--appimage-updateinfo", "stdout", "\n"),
+        ("--appimage-signature", "stdout", "\n"),
+        ("--appimage-doctor", "stdout", "/dev/fuse: usable"),
+    ],
+)
+def test_flags(image, flag, stream, text):
+    result = run(image, flag)
+    assert result.returncode == 0
+    assert text in getattr(result, stream)
+
+
+def test_unknown_appimage_flag_exits_1(image):
+    result = run(image, "--appimage-frobnicate")
+    assert result.returncode == 1
+    assert "--appimage-frobnicate is not yet implemented" in result.stderr
+
+
+def test_extract_with_and_without_pattern(image, tmp_path):
+    assert run(image, "--appimage-extract", "data/*", cwd=tmp_path).returncode == 0
+    assert sorted(os.listdir(tmp_path / "squashfs-root")) == ["data"]
+    assert run(image, "--appimage-extract", cwd=tmp_path).returncode == 0
+    assert sorted(os.listdir(tmp_path / "squashfs-root")) == ["AppRun", "data"]
+    assert os.access(tmp_path / "squashfs-root" / "AppRun", os.X_OK)
+
+
+def test_portable_home(image):
+    home = image + ".home"
+    try:
+        assert run(image, "--appimage-portable-home").returncode == 0
+        assert os.path.isdir(home)
+        assert fields(run(image).stdout)["HOME"] == home
+    finally:
+        os.rmdir(home)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_environment(image, mode, tmp_path):
+    link = tmp_path / "named-link"
+    os.symlink(image, link)
+    result = run(str(link), "a b", "c", mode=mode, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    env = fields(result.stdout)
+    assert env["APPIMAGE"] == image
+    assert env["ARGV0"] == str(link)
+    assert env["OWD"] == str(tmp_path) == env["cwd"]
+    assert os.path.basename(env["APPDIR"]) == ("mnt" if mode == "mount" else "root")
+    assert f"argv: {link} a b c" in result.stdout
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("code", [0, 1, 42, 255])
+def test_exit_status(image, mode, code):
+    assert run(image, "exit", str(code), mode=mode).returncode == code
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_death_by_signal(image, mode):
+    result = run(image, "kill", str(int(signal.SIGKILL)), mode=mode)
+    # mount mode: the app is this very process (exec), so the caller sees the signal;
+    # extract mode: the runtime reports it as a shell does, 128 + N.
+    assert result.returncode == (-9 if mode == "mount" else 128 + 9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signals_reach_the_app(image, mode, sig):
+    environment = dict(os.environ, **MODES[mode])
+    process = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True,
+                               env=environment)
+    for line in process.stdout:
+        if line == "ready\n":
+            break
+    process.send_signal(sig)
+    rest = process.stdout.read()
+    assert process.wait(timeout=10) == 99
+    assert f"got signal {int(sig)}" in rest
+
+
+def test_no_fuse_falls_back_to_extraction(image):
+    nobody = [shutil.which("setpriv"), "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    environment = {"PATH": "/nonexistent", "TMPDIR": "/tmp"}
+    result = subprocess.run(nobody + [image, "exit", "5"], capture_output=True, text=True,
+                            env=environment)
+    assert result.returncode == 5, result.stderr
+    # Which check fails first depends on the host: /dev/fuse closed to nobody, or no
+    # fusermount in that PATH.
+    assert result.stderr.startswith("t.app: cannot mount (")
+    assert result.stderr.endswith("); extracting instead\n")
+    quiet = subprocess.run(nobody + [image], capture_output=True, text=True,
+                           env=dict(environment, APPIMAGE_QUIET="1"))
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert fields(quiet.stdout)["APPDIR"].startswith("/tmp/spack-appimage-65534/")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_simultaneous_launches_share_and_clean_up(image, mode):
+    environment = dict(os.environ, **MODES[mode])
+    processes = [subprocess.Popen([image, "exit", "0", str(i)], stdout=subprocess.PIPE,
+                                  text=True, env=environment) for i in range(64)]
+    for i, process in enumerate(processes):
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        assert f"argv: {image} exit 0 {i}\n" in out
+    assert wait_unmounted(image)
+    # What stays is the image's lock files: no mount point, no tree, no temp dir.
+    image_id = run(image, "--appimage-doctor").stdout.split("image id: ")[1].split()[0]
+    assert sorted(os.listdir(f"/tmp/spack-appimage-{os.getuid()}/{image_id}")) == [
+        "lock", "users"]
+
+
+def test_one_mount_for_simultaneous_launches(image):
+    first = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True)
+    second = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True)
+    try:
+        for process in (first, second):
+            for line in process.stdout:
+                if line == "ready\n":
+                    break
+        assert len(mounts_of(image)) == 1
+    finally:
+        for process in (first, second):
+            process.terminate()
+            process.wait()
+    assert wait_unmounted(image)
+
+
+def test_killed_server_leaves_no_mount(image):
+    process = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line == "ready\n":
+            break
+    server = subprocess.run(["pgrep", "-f", "-x", f"{image} wait"], capture_output=True,
+                            text=True)
+    for pid in server.stdout.split():
+        if int(pid) != process.pid:
+            os.kill(int(pid), signal.SIGKILL)
+    process.terminate()
+    process.wait()
+    assert wait_unmounted(image)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "superblock"])
+def test_damaged_image_exits_127(image, tmp_path, damage):
+    data = bytearray(open(image, "rb").read())
+    offset = int(run(image, "--appimage-offset").stdout)
+    if damage == "truncated":
+        data = data[: offset + 50]
+    else:
+        data[offset: offset + 4] = b"XXXX"
+    broken = tmp_path / "broken.app"
+    broken.write_bytes(bytes(data))
+    broken.chmod(0o755)
+    result = subprocess.run([str(broken)], capture_output=True, text=True)
+    assert result.returncode == 127
+    assert result.stderr.startswith("broken.app: ") and "no squashfs image" in result.stderr
+
+
+def test_noexec_or_full_tmpdir_moves_on(image, tmp_path):
+    for name, options in (("noexec", "noexec,size=16m"), ("full", "size=64k")):
+        point = tmp_path / name
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], check=True)
+        try:
+            result = run(image, mode="extract", env={"TMPDIR": str(point), "VERBOSE": "1"})
+            assert result.returncode == 0, result.stderr
+            assert not fields(result.stdout)["APPDIR"].startswith(str(point))
+            assert f"skipping {point}" in result.stderr
+        finally:
+            subprocess.run(["umount", str(point)], check=True)
