@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from conftest import cc
 
-from spack.extensions.appimage import relocate
-from spack.extensions.appimage.errors import AuditError
+from spack.extensions.appimage import relocate, runtime
+from spack.extensions.appimage.errors import AuditError, ToolError
 from spack.extensions.appimage.policy import DEFAULT_POLICY
 
 
@@ -139,9 +139,11 @@ def test_bad_runtime(site, stub_runtime, out, tmp_path, content, message):
                             "ai-origin", env=site.env)
 
 
-def test_no_runtime(site, out):
-    assert "no AppImage runtime given" in fails(site, "-o", str(out), "--entry", "ai-origin",
-                                                env=site.env)
+def test_runtime_libraries_missing_names_what_provides_them():
+    with pytest.raises(ToolError) as error:
+        runtime._pkg_config(["squashfuse_ll", "no-such-library"], [])
+    assert "spack install squashfuse libfuse@3" in error.value.message
+    assert "apt install libsquashfuse-dev libfuse3-dev" in error.value.message
 
 
 def test_unresolvable_library(site, stub_runtime, out):

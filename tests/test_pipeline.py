@@ -1,8 +1,9 @@
 """`spack appimage` end to end: a real Spack, real installs, real images, real runs.
 
-The image is run the way the runtime will run it: its squashfs mounted with squashfuse
-at the runtime's offset, AppRun executed, with the Spack store renamed away so that any
-path into it would fail.
+Images are run as users run them (``./test.app ENTRY ARGS``, with the project's own
+runtime), from another directory, with the Spack store renamed away so that any path
+into it would fail. Images made with ``--runtime`` (a stand-in runtime) are opened with
+squashfuse at the runtime's offset and their AppRun is run directly.
 """
 
 import contextlib
@@ -55,11 +56,37 @@ def image(site, stub_runtime, tmp_path_factory):
     return output, result
 
 
-def test_image_runs_from_anywhere_without_the_store(site, image, mount, tmp_path):
-    output, _ = image
+@pytest.fixture(scope="module")
+def app(site, tmp_path_factory):
+    """The same entries with the project's own runtime (built on first use)."""
+    output = tmp_path_factory.mktemp("app") / "test.app"
+    site("appimage", "-o", str(output), *[a for e in ENTRIES for a in ("--entry", e)],
+         env=site.env)
+    return output
+
+
+def test_app_runs_from_anywhere_without_the_store(site, app, tmp_path):
     names = [e.split("=")[0] for e in ENTRIES]
     expected = direct_outputs(site, names, ["x", "y z"])
     assert set(expected) == set(names)
+    os.symlink(app, tmp_path / "ai-cxx")
+    with store_renamed_away(site):
+        for mode in ({}, {"APPIMAGE_EXTRACT_AND_RUN": "1"}):
+            environment = dict(os.environ, **mode)
+            for name in names:
+                run = subprocess.run([str(app), name, "x", "y z"], cwd=tmp_path,
+                                     capture_output=True, text=True, env=environment)
+                assert run.returncode == 0, run.stderr
+                assert run.stdout == expected[name]
+            by_link = subprocess.run([str(tmp_path / "ai-cxx"), "x", "y z"], env=environment,
+                                     capture_output=True, text=True)
+            assert by_link.stdout == expected["ai-cxx"]
+
+
+def test_image_with_a_given_runtime_runs_without_the_store(site, image, mount, tmp_path):
+    output, _ = image
+    names = [e.split("=")[0] for e in ENTRIES]
+    expected = direct_outputs(site, names, ["x", "y z"])
     point = mount(str(output))
     with store_renamed_away(site):
         for name in names:

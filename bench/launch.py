@@ -1,0 +1,110 @@
+"""Launch cost of an image: native exec vs .app with FUSE vs .app extracted, at 1, 8 and
+64 simultaneous launches. Run by hand (not a test):
+
+    python3 bench/launch.py [--repeat 7]
+
+Every configuration is measured in the same run, interleaved (one repetition of each in
+turn), and reported as the median of the repetitions and as a difference or ratio to
+native. Targets (issue: the runtime): FUSE launch <= native + 10 ms; warm-extract launch
+<= native + 3 ms; 64 simultaneous launches <= 3 x the wall time of one.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.realpath(shutil.which("spack") or sys.exit("spack is not on PATH")))), "lib", "spack"))
+import spack.extensions  # noqa: E402
+import spack.main  # noqa: E402,F401
+
+spack.extensions.ensure_extension_loaded("appimage", path=os.path.join(ROOT, "spack-appimage"))
+from spack.extensions.appimage import assemble, runtime, squashfs  # noqa: E402
+
+
+def trivial_image(work, name):
+    """A native `true` and an image running it; ``name`` makes the image's content (and
+    so its ID and its shared mount) its own."""
+    appdir = os.path.join(work, name)
+    os.makedirs(appdir)
+    with open(os.path.join(appdir, "name"), "w") as f:
+        f.write(name)
+    src = os.path.join(work, "true.c")
+    with open(src, "w") as f:
+        f.write("int main(void) { return 0; }\n")
+    native = os.path.join(work, "native")
+    subprocess.run(["gcc", "-O2", "-o", native, src], check=True)
+    shutil.copy(native, os.path.join(appdir, "AppRun"))
+    image = os.path.join(work, f"{name}.app")
+    rt = runtime.build()
+    with assemble.output_file(image, force=True) as partial:
+        squashfs.make(squashfs.find_mksquashfs([]), appdir, partial,
+                      offset=os.path.getsize(rt), compression="zstd", jobs=None, progress=False)
+        assemble.write_runtime(rt, partial)
+        assemble.stamp_image_id(partial, rt, runtime.ID_SECTION, 1 << 20)
+    return native, image
+
+
+def wall(command, env, n):
+    """Seconds until n simultaneous runs of command have all exited."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(command, env=env) for _ in range(n)]
+    codes = [p.wait() for p in procs]
+    elapsed = time.perf_counter() - start
+    assert codes == [0] * n, codes
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="bench-launch-")
+    try:
+        native, image = trivial_image(work, "joined")
+        _, fresh = trivial_image(work, "fresh")
+        base = dict(os.environ)
+        configs = {
+            "native": ([native], base),
+            "fuse, new mount": ([fresh], dict(base, APPIMAGE_IDLE_MS="0")),
+            "fuse, joined mount": ([image], base),
+            "extract, warm cache": ([image], dict(base, APPIMAGE_EXTRACT_AND_RUN="1",
+                                                 NO_CLEANUP="1")),
+        }
+        # Warm-up: build the extraction cache.
+        wall(*configs["extract, warm cache"], 1)
+        # A holder keeps the shared mount alive for the "joined" configuration.
+        holder = subprocess.Popen([image], env=dict(base, APPIMAGE_IDLE_MS="600000"))
+        holder.wait()
+        results = {(name, n): [] for name in configs for n in (1, 8, 64)}
+        for _ in range(args.repeat):
+            for n in (1, 8, 64):
+                for name, (command, env) in configs.items():
+                    if name == "fuse, new mount":
+                        time.sleep(0.1)  # let the previous mount go
+                    results[(name, n)].append(wall(command, env, n))
+        print(f"{'configuration':22} {'n':>3} {'median ms':>10} {'- native ms':>12} "
+              f"{'x native':>9} {'x one':>7}")
+        for (name, n), times in results.items():
+            median = statistics.median(times) * 1000
+            native_ms = statistics.median(results[("native", n)]) * 1000
+            one = statistics.median(results[(name, 1)]) * 1000
+            print(f"{name:22} {n:>3} {median:>10.2f} {median - native_ms:>12.2f} "
+                  f"{median / native_ms:>9.2f} {median / one:>7.2f}")
+    finally:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f if work in line]
+        for point in points:
+            subprocess.run(["fusermount3", "-u", point], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
