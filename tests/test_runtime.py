@@ -39,8 +39,8 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "exit")) return atoi(argv[2]);
     if (!strcmp(what, "kill")) raise(atoi(argv[2]));
     if (!strcmp(what, "wait")) {
-        signal(SIGTERM, on_signal);
-        signal(SIGUSR1, on_signal);
+        int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
+        for (int i = 0; i < 7; i++) signal(sigs[i], on_signal);
         printf("ready\n");
         fflush(stdout);
         for (;;) pause();
@@ -157,14 +157,57 @@ def test_extract_with_and_without_pattern(image, tmp_path):
     assert os.access(tmp_path / "squashfs-root" / "AppRun", os.X_OK)
 
 
-def test_portable_home(image):
-    home = image + ".home"
+@pytest.mark.parametrize("kind, variable", [("home", "HOME"), ("config", "XDG_CONFIG_HOME")])
+def test_portable_directories(image, kind, variable):
+    directory = f"{image}.{kind}"
     try:
-        assert run(image, "--appimage-portable-home").returncode == 0
-        assert os.path.isdir(home)
-        assert fields(run(image).stdout)["HOME"] == home
+        result = run(image, f"--appimage-portable-{kind}")
+        assert result.returncode == 0 and directory in result.stderr
+        assert os.path.isdir(directory)
+        app = run(image, "exit", "0")
+        assert f"Setting ${variable} to {directory}" in app.stderr
+        if variable == "HOME":
+            assert fields(app.stdout)["HOME"] == directory
     finally:
-        os.rmdir(home)
+        os.rmdir(directory)
+
+
+def test_mount_flag_prints_the_mount_point_until_killed(image):
+    process = subprocess.Popen([image, "--appimage-mount"], stdout=subprocess.PIPE, text=True)
+    point = process.stdout.readline().strip()
+    try:
+        assert os.path.isfile(os.path.join(point, "data", "x.txt"))
+        assert len(mounts_of(image)) == 1
+    finally:
+        process.terminate()
+        process.wait()
+    assert wait_unmounted(image)
+
+
+def test_extract_and_run_flag_is_removed_from_the_arguments(image):
+    result = run(image, "a", "--appimage-extract-and-run", "b")
+    assert result.returncode == 0
+    assert f"argv: {image} a b\n" in result.stdout
+    assert os.path.basename(fields(result.stdout)["APPDIR"]) == "root"
+
+
+def test_no_cleanup_keeps_the_extracted_copy(image):
+    result = run(image, mode="extract", env={"NO_CLEANUP": "1"})
+    root = fields(result.stdout)["APPDIR"]
+    try:
+        assert os.path.isfile(os.path.join(root, "data", "x.txt"))
+        again = run(image, mode="extract")  # reuses it, then removes it as the last user
+        assert fields(again.stdout)["APPDIR"] == root
+        assert not os.path.exists(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_target_appimage_runs_another_image(image, our_runtime, tmp_path):
+    result = subprocess.run([our_runtime, "exit", "3"], capture_output=True, text=True,
+                            env=dict(os.environ, TARGET_APPIMAGE=image))
+    assert result.returncode == 3
+    assert fields(result.stdout)["APPIMAGE"] == image
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -193,10 +236,12 @@ def test_death_by_signal(image, mode):
     # mount mode: the app is this very process (exec), so the caller sees the signal;
     # extract mode: the runtime reports it as a shell does, 128 + N.
     assert result.returncode == (-9 if mode == "mount" else 128 + 9)
+    assert wait_unmounted(image)  # a killed app releases the shared mount
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                                 signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT])
 def test_signals_reach_the_app(image, mode, sig):
     environment = dict(os.environ, **MODES[mode])
     process = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True,
