@@ -191,13 +191,13 @@ def test_audit_catches_a_planted_absolute_rpath(tmp_path):
        f"-L{appdir / 'lib'}", "-lq", "-Wl,-rpath,/opt/store/lib:$ORIGIN/lib",
        "-Wl,--disable-new-dtags")
     with pytest.raises(AuditError) as error:
-        relocate.audit(str(appdir), DEFAULT_POLICY, ["/opt/store"])
+        relocate.audit(str(appdir), DEFAULT_POLICY.patterns, ["/opt/store"])
     assert "main: RPATH entry /opt/store/lib is not relative to $ORIGIN" in error.value.long_message
 
     relocate.set_rpath(str(appdir / "main"), ["$ORIGIN/lib"], relocate.Patchelf())
-    relocate.audit(str(appdir), DEFAULT_POLICY, ["/opt/store"])  # now clean
+    relocate.audit(str(appdir), DEFAULT_POLICY.patterns, ["/opt/store"])  # now clean
 
     os.remove(appdir / "lib" / "libq.so")
     with pytest.raises(AuditError) as error:
-        relocate.audit(str(appdir), DEFAULT_POLICY, ["/opt/store"])
+        relocate.audit(str(appdir), DEFAULT_POLICY.patterns, ["/opt/store"])
     assert "main: NEEDED libq.so is not in the AppDir" in error.value.long_message

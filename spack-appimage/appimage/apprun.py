@@ -21,14 +21,29 @@ TABLE = os.path.join(".appimage", "entries")
 @dataclass(frozen=True)
 class EntryPoint:
     name: str
-    #: AppDir-relative path of the program
+    #: AppDir-relative path of the program (or script)
     path: str
+    #: AppDir-relative path of a script's bundled interpreter, and its shebang argument
+    interpreter: Optional[str] = None
+    interpreter_arg: Optional[str] = None
+
+    @staticmethod
+    def of(entry, layout) -> "EntryPoint":
+        interpreter = layout.dest(entry.interpreter) if entry.interpreter else None
+        return EntryPoint(entry.name, layout.dest(entry.path), interpreter,
+                          entry.interpreter_arg)
+
+    def line(self) -> str:
+        fields = [self.name, self.path]
+        if self.interpreter:
+            fields += [self.interpreter] + ([self.interpreter_arg] if self.interpreter_arg else [])
+        return "\t".join(["entry"] + fields)
 
 
 def write_table(
     appdir: str, entries: Sequence[EntryPoint], default: Optional[str], bin_dirs: Sequence[str]
 ) -> None:
-    lines = [f"entry\t{e.name}\t{e.path}" for e in entries]
+    lines = [e.line() for e in entries]
     if default:
         lines.append(f"default\t{default}")
     lines += [f"path\t{d}" for d in bin_dirs]

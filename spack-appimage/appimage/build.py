@@ -19,7 +19,7 @@ import spack.llnl.util.tty as tty
 
 from . import apprun, assemble, closure, entries, relocate, runtime, squashfs, stage
 from .errors import EntryError, OutputError
-from .policy import DEFAULT_POLICY, HostPolicy
+from . import policy as host_policy
 
 
 @dataclass
@@ -34,7 +34,9 @@ class Options:
     install: bool = False
     keep_appdir: Optional[str] = None
     dry_run: bool = False
-    policy: HostPolicy = DEFAULT_POLICY
+    host_libs: Sequence[str] = ()
+    bundle_libs: Sequence[str] = ()
+    bundle_externals: bool = False
 
 
 @dataclass
@@ -138,9 +140,12 @@ def run(env, options: Options) -> Result:
                     f"sure {options.runtime} can"
                 )
 
+        policy = host_policy.for_environment(
+            nodes, options.host_libs, options.bundle_libs, options.bundle_externals
+        )
         progress = _Progress(3 if options.dry_run else 8)
         with progress.stage("closure", "closure: resolving shared libraries"):
-            libraries = closure.resolve([e.path for e in found], options.policy)
+            libraries = closure.resolve([e.program for e in found], policy)
         with progress.stage("plan", "plan: what the AppDir holds"):
             layout = stage.Layout(nodes)
             plan = stage.plan(found, libraries, layout)
@@ -156,13 +161,14 @@ def run(env, options: Options) -> Result:
             with progress.stage("relocate", "relocate: $ORIGIN-relative RPATHs"):
                 relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
             with progress.stage("apprun", "apprun: entry table and dispatcher"):
-                points = [apprun.EntryPoint(e.name, layout.dest(e.path)) for e in found]
+                points = [apprun.EntryPoint.of(e, layout) for e in found]
                 bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
                 apprun.write_table(appdir, points, options.default_entry, bin_dirs)
                 shutil.copyfile(apprun.build(), os.path.join(appdir, "AppRun"))
                 os.chmod(os.path.join(appdir, "AppRun"), 0o755)
             with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
-                relocate.audit(appdir, options.policy, [spack.store.STORE.root])
+                host = list(policy.patterns) + list(libraries.host_requirements())
+                relocate.audit(appdir, host, [spack.store.STORE.root])
             with assemble.output_file(options.output, options.force) as partial:
                 with progress.stage("squashfs", f"squashfs: {options.compression}"):
                     squashfs.make(

@@ -22,8 +22,10 @@ pyelftools:
   skipped and the search goes on.
 
 ``LD_LIBRARY_PATH`` is ignored on purpose: what an image contains must not depend on the
-shell it was built from. Libraries that the host policy keeps on the host are recorded by
-name and not searched for: the host that runs the image provides them.
+shell it was built from. Libraries that the host policy keeps on the host by name are
+recorded and not searched for; those it keeps because of the spec owning the file (an
+external) are found first. Either way nothing they load is followed: the host that runs
+the image provides them.
 """
 
 import collections
@@ -173,7 +175,7 @@ class Link:
     needed: str
     #: The path the loader opens (symlinks not followed); None when the host provides it.
     load_path: Optional[str]
-    #: The real path of the library; None when the host provides it.
+    #: The real path of the library; None when the host provides it by name.
     real_path: Optional[str]
     #: Why the host provides it; None when it is bundled.
     host_reason: Optional[str]
@@ -317,6 +319,9 @@ class Resolver:
             if candidate is None or not root.obj.can_load(candidate):
                 continue
             real = os.path.realpath(path)
+            reason = self.policy.file_reason(real)
+            if reason:
+                return Link(needed, None, real, reason, via), None
             if real in by_real:
                 loaded = by_real[real]
             else:

@@ -14,7 +14,7 @@ Forms of ``--entry``:
 
 import os
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from .errors import EntryError, EnvironmentNotReady
 
@@ -25,6 +25,31 @@ class Entry:
     spec: object  # spack.spec.Spec
     #: absolute path in the install prefix (may be a symlink)
     path: str
+    #: for a script whose interpreter is in the store: that interpreter (absolute path)
+    interpreter: Optional[str] = None
+    #: and the one optional argument of its shebang line
+    interpreter_arg: Optional[str] = None
+
+    @property
+    def program(self) -> str:
+        """The ELF file the loader starts: the interpreter of a script, else the entry."""
+        return self.interpreter or self.path
+
+
+def read_shebang(path: str) -> Optional[Tuple[str, Optional[str]]]:
+    """(interpreter, argument) of a script, seeing through Spack's sbang form (a first line
+    ``#!/bin/sh <store>/bin/sbang`` and the real shebang on the second); None if ``path``
+    is not a script. Like the kernel, everything after the interpreter is one argument."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head.startswith(b"#!"):
+        return None
+    lines = head.split(b"\n")
+    first = lines[0][2:].decode(errors="replace").strip()
+    if first.split()[-1:] and os.path.basename(first.split()[-1]) == "sbang" and len(lines) > 1:
+        first = lines[1].lstrip(b"#!").decode(errors="replace").strip()
+    interpreter, _, argument = first.partition(" ")
+    return interpreter, argument.strip() or None
 
 
 def link_run_nodes(env) -> List:
@@ -121,6 +146,35 @@ def find(request: str, nodes: Sequence) -> Entry:
         raise EntryError(
             f"--entry {request}: {entry.path} is not an executable file",
             "name a program, not a data file or directory",
+        )
+    return _with_interpreter(entry, request, nodes)
+
+
+def _with_interpreter(entry: Entry, request: str, nodes: Sequence) -> Entry:
+    """A script entry whose interpreter is in a prefix of the environment runs with the
+    bundled copy of that interpreter; a host interpreter (``/bin/sh``) stays as it is."""
+    from .closure import read_elf
+
+    shebang = read_shebang(entry.path)
+    if shebang is None:
+        if read_elf(os.path.realpath(entry.path)) is None:
+            raise EntryError(
+                f"--entry {request}: {entry.path} is neither an ELF executable nor a script",
+                "name a compiled program or a script with a #! line",
+            )
+        return entry
+    interpreter, argument = shebang
+    owners = [s for s in nodes if not s.external and _inside(interpreter, s.prefix)]
+    if owners:
+        return Entry(entry.name, entry.spec, entry.path, interpreter, argument)
+    import spack.store
+
+    if _inside(interpreter, spack.store.STORE.root):
+        raise EntryError(
+            f"--entry {request}: the interpreter {interpreter} of this script is not in the "
+            "environment's link/run dependencies",
+            f"add its package to the environment, or make it a run dependency of "
+            f"{entry.spec.name}",
         )
     return entry
 

@@ -1,7 +1,8 @@
-"""What stays on the host: the libraries an image must never bundle.
+"""What stays on the host: the libraries an image must not bundle.
 
-The policy is data (name patterns with the reason for each) so that site rules for MPI,
-GPU drivers or Spack externals extend it without touching the closure code.
+The policy is data (name patterns with the reason for each, and the prefixes of the
+environment's external specs) that the closure consults; nothing it decides is coded
+elsewhere. Host libraries are recorded in the image as requirements.
 
 The glibc family has to come from the host: the loader (PT_INTERP) is the host's, and
 libc, libm, libpthread, ... must match it exactly. The list is the glibc part of
@@ -11,8 +12,9 @@ here, because a program built by a newer gcc than the host's needs its own libst
 """
 
 import fnmatch
+import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 GLIBC_FAMILY = (
     "ld-linux*.so.*",
@@ -39,6 +41,24 @@ GLIBC_FAMILY = (
 #: The kernel maps these into every process; no file exists for them.
 VDSO = ("linux-vdso.so.*", "linux-gate.so.*", "linux-vdso64.so.*", "linux-vdso32.so.*")
 
+#: User-space parts of GPU drivers: they must match the host's kernel module, so an image
+#: takes them from the host. NVIDIA: the driver libraries of Apptainer's nvliblist.conf
+#: (libcuda, libnvidia-*, libcudadebugger, libnvcuvid, libnvoptix); AMD: the thunk and DRM
+#: libraries talking to the amdgpu/KFD kernel driver (libhsakmt, libdrm_amdgpu, as bound by
+#: Apptainer's rocmliblist.conf); Intel: the Level Zero and OpenCL GPU drivers of
+#: intel/compute-runtime (libze_intel_gpu, libigdrcl).
+GPU_DRIVERS = (
+    "libcuda.so*",
+    "libcudadebugger.so*",
+    "libnvidia-*.so*",
+    "libnvcuvid.so*",
+    "libnvoptix.so*",
+    "libhsakmt.so*",
+    "libdrm_amdgpu.so*",
+    "libze_intel_gpu.so*",
+    "libigdrcl.so*",
+)
+
 
 @dataclass(frozen=True)
 class HostRule:
@@ -47,23 +67,73 @@ class HostRule:
     reason: str
     patterns: Tuple[str, ...]
 
+    def matches(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.patterns)
+
+
+#: Never bundled, whatever the flags say.
+ALWAYS = (HostRule("glibc family", GLIBC_FAMILY), HostRule("kernel vdso", VDSO))
+
 
 @dataclass(frozen=True)
 class HostPolicy:
-    rules: Tuple[HostRule, ...]
+    """Which libraries stay on the host, decided by name and by the spec owning the file.
+
+    Order: the glibc family and the vdso always; then ``bundle`` patterns (``--bundle-lib``)
+    win over everything below; then the name ``rules`` (GPU drivers, ``--host-lib``); then
+    files under the prefix of an external spec (``externals``: prefix -> spec), unless
+    ``--bundle-externals`` left them out.
+    """
+
+    rules: Tuple[HostRule, ...] = ()
+    bundle: Tuple[str, ...] = ()
+    externals: Tuple[Tuple[str, str], ...] = ()
 
     def reason(self, needed: str) -> Optional[str]:
-        """Why the library named ``needed`` stays on the host, or None to bundle it."""
-        for rule in self.rules:
-            if any(fnmatch.fnmatchcase(needed, pattern) for pattern in rule.patterns):
+        """Why the library named ``needed`` stays on the host, or None to look for it."""
+        for rule in ALWAYS:
+            if rule.matches(needed):
                 return rule.reason
+        if self._bundled(needed):
+            return None
+        return next((rule.reason for rule in self.rules if rule.matches(needed)), None)
+
+    def file_reason(self, real_path: str) -> Optional[str]:
+        """Why the library file found at ``real_path`` stays on the host, or None."""
+        if self._bundled(os.path.basename(real_path)):
+            return None
+        for prefix, spec in self.externals:
+            if real_path.startswith(prefix.rstrip(os.sep) + os.sep):
+                return f"external {spec}"
         return None
+
+    def _bundled(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.bundle)
 
     @property
     def patterns(self) -> Sequence[str]:
-        return [p for rule in self.rules for p in rule.patterns]
+        return [p for rule in ALWAYS + self.rules for p in rule.patterns]
 
 
-DEFAULT_POLICY = HostPolicy(
-    rules=(HostRule("glibc family", GLIBC_FAMILY), HostRule("kernel vdso", VDSO))
-)
+def for_environment(
+    nodes: Iterable,
+    host_libs: Sequence[str] = (),
+    bundle_libs: Sequence[str] = (),
+    bundle_externals: bool = False,
+) -> HostPolicy:
+    """The policy for an environment's link/run ``nodes`` and the user's overrides."""
+    rules = [HostRule("GPU driver", GPU_DRIVERS)]
+    if host_libs:
+        rules.append(HostRule("--host-lib", tuple(host_libs)))
+    # The C library is an external too, but its files are the glibc family above: as an
+    # owner of /usr it would claim every system library.
+    externals = () if bundle_externals else tuple(
+        (os.path.realpath(s.prefix), s.cformat("{name}{@version}"))
+        for s in nodes
+        if s.external and s.external_path and not s.package.provides("libc")
+    )
+    return HostPolicy(tuple(rules), tuple(bundle_libs), externals)
+
+
+#: The policy with no environment and no overrides.
+DEFAULT_POLICY = HostPolicy(rules=(HostRule("GPU driver", GPU_DRIVERS),))

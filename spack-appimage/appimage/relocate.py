@@ -18,7 +18,7 @@ the store, or any NEEDED resolves neither inside the AppDir (Spack's
 """
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import spack.util.elf as elf
 from spack.llnl.util.filesystem import visit_directory_tree
@@ -26,7 +26,6 @@ from spack.verify_libraries import ResolveSharedElfLibDepsVisitor
 
 from .closure import Closure
 from .errors import AuditError, ToolError
-from .policy import HostPolicy
 from .stage import Layout
 
 ORIGIN = "$ORIGIN"
@@ -115,8 +114,9 @@ def _origin_entries_problem(appdir: str, path: str, parsed) -> Optional[str]:
     return None
 
 
-def audit(appdir: str, policy: HostPolicy, store_roots: List[str]) -> None:
-    """Raise :class:`AuditError` listing every problem in ``appdir``."""
+def audit(appdir: str, host_libraries: Sequence[str], store_roots: List[str]) -> None:
+    """Raise :class:`AuditError` listing every problem in ``appdir``. NEEDED entries
+    matching ``host_libraries`` (names or patterns) are the host's to provide."""
     problems = []
     for root, _, files in os.walk(appdir):
         for name in files:
@@ -141,7 +141,7 @@ def audit(appdir: str, policy: HostPolicy, store_roots: List[str]) -> None:
                 if b"/" in needed:
                     problems.append(f"{rel}: NEEDED {needed.decode()} is a path")
 
-    visitor = ResolveSharedElfLibDepsVisitor(list(policy.patterns))
+    visitor = ResolveSharedElfLibDepsVisitor(list(host_libraries))
     visit_directory_tree(appdir, visitor)
     for rel, problem in sorted(visitor.problems.items()):
         for needed in problem.unresolved:

@@ -15,26 +15,38 @@ import spack.util.path
 from .errors import AppImageError
 from .squashfs import COMPRESSIONS
 
-#: key -> what it holds, for every ``config:appimage`` key
+#: key -> (type, what it holds), for every ``config:appimage`` key
 KEYS = {
-    "runtime": "path of an AppImage type-2 runtime file",
-    "compression": "squashfs compression: " + ", ".join(COMPRESSIONS),
+    "runtime": (str, "path of an AppImage type-2 runtime file"),
+    "compression": (str, "squashfs compression: " + ", ".join(COMPRESSIONS)),
+    "host_libs": (list, "list of library name patterns taken from the host"),
+    "bundle_libs": (list, "list of library name patterns always bundled"),
+    "bundle_externals": (bool, "true to bundle the libraries of external specs"),
+    "include": (list, "list of SPEC:GLOB files to bundle beyond the ELF closure"),
+    "exclude": (list, "list of prefix-relative globs of data files to leave out"),
+    "keep": (list, "list of prefix-relative globs of data files to keep"),
 }
 
 
 def get(key: str, flag_value: Any = None) -> Optional[Any]:
-    """The flag's value if given, else ``config:appimage:<key>``, validated."""
+    """The flag's value if given, else ``config:appimage:<key>``, validated. For lists,
+    flags add to the configured values."""
+    kind, meaning = KEYS[key]
+    value = spack.config.get(f"config:appimage:{key}")
+    fix = f"see config.yaml.example, or remove config:appimage:{key}"
+    if value is not None and (
+        not isinstance(value, kind)
+        or (kind is list and not all(isinstance(v, str) and v for v in value))
+        or (kind is str and not value)
+    ):
+        raise AppImageError(f"config:appimage:{key} must be a {meaning}, not {value!r}", fix)
+    if kind is list:
+        return list(value or []) + list(flag_value or [])
     if flag_value is not None:
         return flag_value
-    value = spack.config.get(f"config:appimage:{key}")
-    if value is None:
-        return None
-    fix = f"set it with `spack config add config:appimage:{key}:VALUE`, or remove it"
-    if not isinstance(value, str) or not value:
-        raise AppImageError(f"config:appimage:{key} must be a {KEYS[key]}, not {value!r}", fix)
-    if key == "compression" and value not in COMPRESSIONS:
+    if key == "compression" and value is not None and value not in COMPRESSIONS:
         raise AppImageError(f"config:appimage:compression: unknown compression {value!r}", fix)
-    if key == "runtime":
+    if key == "runtime" and value is not None:
         value = spack.util.path.canonicalize_path(value)
         if not os.path.isfile(value):
             raise AppImageError(f"config:appimage:runtime: no file {value}", fix)

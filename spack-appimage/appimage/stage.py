@@ -224,6 +224,8 @@ def plan(entries: Iterable, closure, layout: Layout) -> Plan:
     planner = Planner(layout)
     for entry in entries:
         planner.add_chain(entry.path)
+        if entry.interpreter:
+            planner.add_chain(entry.interpreter)
     for real_path in closure.libraries():
         for load_path in closure.load_paths[real_path]:
             planner.add_chain(load_path)

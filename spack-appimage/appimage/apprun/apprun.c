@@ -5,7 +5,9 @@
  * entry replaces this process (same PID, so signals and the exit status are the
  * entry's own). The entries are read from .appimage/entries next to this file:
  *
- *     entry <TAB> NAME <TAB> PATH      (PATH relative to the AppDir)
+ *     entry <TAB> NAME <TAB> PATH [<TAB> INTERPRETER [<TAB> ARG]]
+ *                                      (paths relative to the AppDir; a script entry
+ *                                      runs as INTERPRETER [ARG] PATH ARGS...)
  *     default <TAB> NAME
  *     path <TAB> DIR                   (prepended to PATH, in order)
  *
@@ -32,6 +34,8 @@
 struct entry {
     const char *name;
     const char *path;
+    const char *interpreter; /* NULL unless a script run by a bundled interpreter */
+    const char *interpreter_arg;
 };
 
 static struct entry entries[MAX_ENTRIES];
@@ -60,15 +64,25 @@ static char *read_file(const char *path) {
     return buf;
 }
 
+/* Splits a line at tabs in place into at most `max` fields; returns how many. */
+static int split(char *line, char **fields, int max) {
+    int n = 0;
+    while (line && n < max) {
+        fields[n++] = line;
+        if ((line = strchr(line, '\t'))) *line++ = '\0';
+    }
+    return n;
+}
+
 /* Splits the entries file in place. Returns 0 on success. */
 static int parse(char *text) {
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        char *kind = line, *a = strchr(line, '\t'), *b = NULL;
-        if (!a) continue;
-        *a++ = '\0';
-        if ((b = strchr(a, '\t'))) *b++ = '\0';
+        char *f[5] = {NULL};
+        int n = split(line, f, 5);
+        const char *kind = f[0], *a = f[1], *b = f[2];
+        if (n < 2) continue;
         if (!strcmp(kind, "entry") && b && n_entries < MAX_ENTRIES)
-            entries[n_entries++] = (struct entry){a, b};
+            entries[n_entries++] = (struct entry){a, b, f[3], f[4]};
         else if (!strcmp(kind, "default"))
             default_entry = a;
         else if (!strcmp(kind, "path") && n_dirs < MAX_DIRS)
@@ -145,12 +159,20 @@ int main(int argc, char **argv) {
         path[strlen(path) - 1] = '\0';
     setenv("PATH", path, 1);
 
-    char program[PATH_MAX * 2];
+    char program[PATH_MAX * 2], script[PATH_MAX * 2];
     snprintf(program, sizeof program, "%s/%s", self, chosen->path);
-    char **args = calloc((size_t)argc + 2, sizeof *args);
+    char **args = calloc((size_t)argc + 4, sizeof *args);
     if (!args) return 127;
     int n = 0;
-    args[n++] = (char *)chosen->name;
+    if (chosen->interpreter) { /* the script's store shebang, pointed at the bundle */
+        snprintf(script, sizeof script, "%s", program);
+        snprintf(program, sizeof program, "%s/%s", self, chosen->interpreter);
+        args[n++] = program;
+        if (chosen->interpreter_arg) args[n++] = (char *)chosen->interpreter_arg;
+        args[n++] = script;
+    } else {
+        args[n++] = (char *)chosen->name;
+    }
     for (int i = first; i < argc; i++) args[n++] = argv[i];
     execv(program, args);
     fprintf(stderr, "AppRun: cannot run %s: %s\n", program, strerror(errno));

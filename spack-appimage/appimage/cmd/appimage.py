@@ -49,6 +49,19 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
         help="squashfs compression (default: config:appimage:compression, else zstd)",
     )
     subparser.add_argument(
+        "--host-lib", action="append", metavar="PATTERN",
+        help="take libraries whose name matches PATTERN from the host (repeatable)",
+    )
+    subparser.add_argument(
+        "--bundle-lib", action="append", metavar="PATTERN",
+        help="bundle libraries whose name matches PATTERN even if the host policy would "
+        "keep them on the host (never the glibc family) (repeatable)",
+    )
+    subparser.add_argument(
+        "--bundle-externals", action="store_true", default=None,
+        help="bundle the libraries of external specs instead of taking them from the host",
+    )
+    subparser.add_argument(
         "--install", action="store_true",
         help="concretize and install what the environment is missing first",
     )
@@ -76,6 +89,9 @@ def appimage(parser, args):
         install=args.install,
         keep_appdir=args.keep_appdir,
         dry_run=args.dry_run,
+        host_libs=settings.get("host_libs", args.host_lib),
+        bundle_libs=settings.get("bundle_libs", args.bundle_lib),
+        bundle_externals=bool(settings.get("bundle_externals", args.bundle_externals)),
     )
     result = build.run(env, options)
     tty.verbose("seconds per stage: " + ", ".join(

@@ -1,0 +1,1 @@
+const char *driver_version(void) { return "fake-driver-1"; }

@@ -1,0 +1,23 @@
+from spack_repo.builtin.build_systems.generic import Package
+
+from spack.package import *
+
+
+class AiGpu(Package):
+    """A program linked to a library named like the CUDA driver (libcuda.so.1), which the
+    host policy keeps on the host. The library is installed in lib/driver/ so the tests
+    can put it on (or leave it off) the loader's path at run time."""
+
+    homepage = "https://example.invalid/ai-gpu"
+    has_code = False
+    version("1.0")
+    depends_on("c", type="build")
+
+    def install(self, spec, prefix):
+        driver = join_path(prefix.lib, "driver")
+        mkdirp(prefix.bin, driver)
+        cc = Executable(spack_cc)
+        cc("-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o",
+           join_path(driver, "libcuda.so.1"), join_path(self.package_dir, "driver.c"))
+        cc("-o", join_path(prefix.bin, "gpu-app"), join_path(self.package_dir, "app.c"),
+           join_path(driver, "libcuda.so.1"), "-Wl,--disable-new-dtags")

@@ -1,0 +1,30 @@
+import os
+
+import spack.hooks.sbang
+from spack_repo.builtin.build_systems.generic import Package
+
+from spack.package import *
+
+
+class AiScript(Package):
+    """Scripts whose shebang points into the store at ai-interp: one plain, one in Spack's
+    sbang form (a first line running sbang, the real shebang on the second)."""
+
+    homepage = "https://example.invalid/ai-script"
+    has_code = False
+    version("1.0")
+    depends_on("ai-interp", type=("build", "run"))
+
+    def install(self, spec, prefix):
+        mkdirp(prefix.bin)
+        interp = join_path(spec["ai-interp"].prefix.bin, "ai-interp")
+        plain = join_path(prefix.bin, "say-hello")
+        with open(plain, "w") as f:
+            f.write(f"#!{interp} -u\nhello from a script\n")
+        sbang = join_path(prefix.bin, "say-sbang")
+        with open(sbang, "w") as f:
+            spack.hooks.sbang.install_sbang()
+            sbang_path = spack.hooks.sbang.sbang_install_path()
+            f.write(f"#!/bin/sh {sbang_path}\n#!{interp}\nvia sbang\n")
+        for path in (plain, sbang):
+            os.chmod(path, 0o755)
