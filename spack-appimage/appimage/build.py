@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import spack.llnl.util.tty as tty
 
-from . import apprun, assemble, closure, entries, relocate, runtime, squashfs, stage
+from . import apprun, assemble, closure, entries, extras, relocate, runtime, squashfs, stage
 from .errors import EntryError, OutputError
 from . import policy as host_policy
 
@@ -34,6 +34,9 @@ class Options:
     install: bool = False
     keep_appdir: Optional[str] = None
     dry_run: bool = False
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    keep: Sequence[str] = ()
     host_libs: Sequence[str] = ()
     bundle_libs: Sequence[str] = ()
     bundle_externals: bool = False
@@ -96,6 +99,29 @@ def _appdir(keep: Optional[str]) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _closure(found, nodes, layout, policy, include):
+    """The closure of the entries, then of the included files and of the plugins that
+    rules add for the specs bundled so far, until nothing new comes in. Returns it with
+    every included file."""
+    resolver = closure.Resolver(policy)
+    for entry in found:
+        resolver.add_executable(entry.program)
+    included = extras.requested(include, nodes)
+    seen = set()
+    while True:
+        for item in included:
+            if item.path not in seen:
+                seen.add(item.path)
+                parsed = resolver.parse(os.path.realpath(item.path))
+                if parsed is not None and parsed.shared:
+                    resolver.add_library(item.path)
+        bundled = {layout.owner(p).spec for p in resolver.closure.objects} - {None}
+        new = [i for i in extras.by_rule(bundled) if i.path not in seen]
+        if not new:
+            return resolver.closure, included
+        included += new
+
+
 def install_environment(env) -> None:
     """Concretize and install what is missing, as `spack install` in an environment does."""
     with env.write_transaction():
@@ -143,12 +169,13 @@ def run(env, options: Options) -> Result:
         policy = host_policy.for_environment(
             nodes, options.host_libs, options.bundle_libs, options.bundle_externals
         )
+        layout = stage.Layout(nodes)
         progress = _Progress(3 if options.dry_run else 8)
         with progress.stage("closure", "closure: resolving shared libraries"):
-            libraries = closure.resolve([e.program for e in found], policy)
+            libraries, included = _closure(found, nodes, layout, policy, options.include)
         with progress.stage("plan", "plan: what the AppDir holds"):
-            layout = stage.Layout(nodes)
-            plan = stage.plan(found, libraries, layout)
+            plan = stage.plan(found, libraries, layout, [i.path for i in included],
+                              stage.DataRules(tuple(options.exclude), tuple(options.keep)))
         result = Result(None, found, libraries, plan, progress.timings)
         if options.dry_run:
             with progress.stage("report", "dry run: nothing written"):

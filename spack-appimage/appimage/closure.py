@@ -250,9 +250,25 @@ class Resolver:
                 f"{path} is not an ELF executable", "name a compiled program as --entry"
             )
         self.closure.entries.append(real)
-        root = self._load(main, real, os.path.dirname(real), None)
+        self._load_process(self._load(main, real, os.path.dirname(real), None))
+
+    def add_library(self, path: str) -> None:
+        """Add a library that a program loads with dlopen (a plugin), and what it needs,
+        resolved with the library's own search paths as the root of the search."""
+        real = os.path.realpath(path)
+        obj = self.parse(real)
+        if obj is None or not obj.shared:
+            raise ClosureError(f"{path} is not a shared library", "include .so files only")
+        self.closure.load_paths.setdefault(real, [])
+        if path not in self.closure.load_paths[real]:
+            self.closure.load_paths[real].append(path)
+        if real not in self.closure.links:
+            self._load_process(self._load(obj, real, os.path.dirname(path), None))
+
+    def _load_process(self, root: _Loaded) -> None:
+        """Breadth-first loading from ``root``, one simulated process."""
         by_name: Dict[str, _Loaded] = {}
-        by_real: Dict[str, _Loaded] = {real: root}
+        by_real: Dict[str, _Loaded] = {root.real_path: root}
         queue = collections.deque([root])
         while queue:
             current = queue.popleft()
@@ -267,6 +283,7 @@ class Resolver:
                 if child.real_path not in by_real:
                     by_real[child.real_path] = child
                     queue.append(child)
+            self.closure.links.setdefault(current.real_path, {})
 
     def _load(self, obj, real_path, origin, loader) -> _Loaded:
         self.closure.objects.setdefault(real_path, obj)
@@ -356,3 +373,23 @@ def resolve(executables: Sequence[str], policy: HostPolicy, search=None) -> Clos
     for path in executables:
         resolver.add_executable(path)
     return resolver.closure
+
+
+def glibc_requirement(paths: Iterable[str]) -> Optional[str]:
+    """The newest ``GLIBC_x.y`` symbol version that any of ``paths`` needs, e.g. "2.34":
+    the oldest host glibc the image can run on."""
+    from elftools.elf.gnuversions import GNUVerNeedSection
+
+    newest: Tuple[int, ...] = ()
+    for path in paths:
+        with open(path, "rb") as f:
+            for section in ELFFile(f).iter_sections():
+                if not isinstance(section, GNUVerNeedSection):
+                    continue
+                for _, auxiliaries in section.iter_versions():
+                    for aux in auxiliaries:
+                        match = re.match(r"GLIBC_(\d+(?:\.\d+)+)$", aux.name)
+                        if match:
+                            version = tuple(int(x) for x in match.group(1).split("."))
+                            newest = max(newest, version)
+    return ".".join(map(str, newest)) or None

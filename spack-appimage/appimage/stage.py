@@ -117,8 +117,24 @@ def _resolve_parent(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def excluded(rel_path: str) -> bool:
-    return any(fnmatch.fnmatchcase(rel_path, pattern) for pattern in EXCLUDED)
+@dataclass(frozen=True)
+class DataRules:
+    """Which data files are bundled: :data:`EXCLUDED` and ``exclude`` (``--exclude``) leave
+    files out; ``keep`` (``--keep``) brings them back. Prefix-relative globs; a directory
+    that matches is left out whole."""
+
+    exclude: Tuple[str, ...] = ()
+    keep: Tuple[str, ...] = ()
+
+    def excluded(self, rel_path: str) -> bool:
+        def matches(patterns):
+            return any(fnmatch.fnmatchcase(rel_path, p) for p in patterns)
+
+        if rel_path == ".spack" or rel_path.startswith(".spack" + os.sep):
+            return True  # build logs and environment: never, whatever --keep says
+        if matches(self.keep) or any(p.startswith(rel_path + "/") for p in self.keep):
+            return False  # kept, or a directory on the way to something kept
+        return matches(EXCLUDED) or matches(self.exclude)
 
 
 @dataclass
@@ -141,8 +157,9 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, layout: Layout):
+    def __init__(self, layout: Layout, rules: DataRules):
         self.layout = layout
+        self.rules = rules
         self.plan = Plan()
 
     def add_chain(self, path: str) -> str:
@@ -180,7 +197,7 @@ class Planner:
 
     def _skip_link_or_excluded(self, path, rel_path, staged_prefixes) -> bool:
         """True to leave ``path`` out. A symlink that may stay is staged here."""
-        if excluded(rel_path):
+        if self.rules.excluded(rel_path):
             return True
         if not os.path.islink(path):
             return False
@@ -218,10 +235,14 @@ def materialize(plan: Plan, appdir: str) -> None:
             os.symlink(link_target, target)
 
 
-def plan(entries: Iterable, closure, layout: Layout) -> Plan:
+def plan(
+    entries: Iterable, closure, layout: Layout, included: Iterable[str] = (),
+    rules: DataRules = DataRules(),
+) -> Plan:
     """The AppDir for ``entries`` and their ``closure``: programs, libraries through
-    their load paths, then the data files of every spec that contributed one."""
-    planner = Planner(layout)
+    their load paths, ``included`` files, then the data files of every spec that
+    contributed one, filtered by ``rules``."""
+    planner = Planner(layout, rules)
     for entry in entries:
         planner.add_chain(entry.path)
         if entry.interpreter:
@@ -229,6 +250,8 @@ def plan(entries: Iterable, closure, layout: Layout) -> Plan:
     for real_path in closure.libraries():
         for load_path in closure.load_paths[real_path]:
             planner.add_chain(load_path)
+    for path in included:
+        planner.add_chain(path)
     owners = {layout.owner(src) for src in planner.plan.files.values()}
     specs = sorted((o for o in owners if o.is_spec), key=lambda o: o.label)
     prefixes = tuple(o.prefix for o in specs)

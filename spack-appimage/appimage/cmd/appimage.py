@@ -49,6 +49,19 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
         help="squashfs compression (default: config:appimage:compression, else zstd)",
     )
     subparser.add_argument(
+        "--include", action="append", metavar="SPEC:GLOB",
+        help="also bundle files of SPEC matching the prefix-relative GLOB, e.g. plugins a "
+        "program dlopens (shared libraries get their own closure) (repeatable)",
+    )
+    subparser.add_argument(
+        "--exclude", action="append", metavar="GLOB",
+        help="leave out data files matching the prefix-relative GLOB (repeatable)",
+    )
+    subparser.add_argument(
+        "--keep", action="append", metavar="GLOB",
+        help="keep data files matching GLOB that the default rules leave out (repeatable)",
+    )
+    subparser.add_argument(
         "--host-lib", action="append", metavar="PATTERN",
         help="take libraries whose name matches PATTERN from the host (repeatable)",
     )
@@ -89,6 +102,9 @@ def appimage(parser, args):
         install=args.install,
         keep_appdir=args.keep_appdir,
         dry_run=args.dry_run,
+        include=settings.get("include", args.include),
+        exclude=settings.get("exclude", args.exclude),
+        keep=settings.get("keep", args.keep),
         host_libs=settings.get("host_libs", args.host_lib),
         bundle_libs=settings.get("bundle_libs", args.bundle_lib),
         bundle_externals=bool(settings.get("bundle_externals", args.bundle_externals)),

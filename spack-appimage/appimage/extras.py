@@ -1,0 +1,98 @@
+"""Files the ELF closure cannot see: plugins a program loads with dlopen, and files the
+user names.
+
+``--include SPEC:GLOB`` takes files matching GLOB (relative to the prefix of the
+environment's spec matching SPEC; ``**`` spans directories). Shared libraries among them
+get their own closure, as if loaded by dlopen; other files are bundled as they are.
+
+Plugin rules add what a bundled package is known to dlopen, by package name
+(:data:`PLUGIN_RULES`): the component directories of MPI implementations and of the
+libraries they load them through. A rule applies when the spec is bundled, i.e. when any
+of its files is in the closure (an external MPI stays on the host with its plugins).
+"""
+
+import glob
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+from .errors import AppImageError
+
+#: package name -> prefix-relative globs of what it dlopens
+PLUGIN_RULES: Dict[str, Tuple[str, ...]] = {
+    # Open MPI's MCA components (and those of its bundled PMIx/PRRTE), dlopened by
+    # libopen-pal's component repository at MPI_Init.
+    "openmpi": ("lib/openmpi/*.so", "lib/pmix/*.so", "lib/prte/*.so"),
+    "pmix": ("lib/pmix/*.so",),
+    "prrte": ("lib/prte/*.so",),
+    # UCX transports (libuct_*.so) and libfabric providers (lib*-fi.so), loaded by name.
+    "ucx": ("lib/ucx/*.so*",),
+    "libfabric": ("lib/libfabric/*.so",),
+    # hwloc's optional backends (only when built with plugins).
+    "hwloc": ("lib/hwloc/*.so",),
+}
+
+
+@dataclass(frozen=True)
+class Included:
+    spec: object  # spack.spec.Spec
+    path: str
+    #: why: "--include ..." or "plugin rule for NAME"
+    reason: str
+
+
+def _files(spec, patterns: Sequence[str], reason: str) -> List[Included]:
+    found = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(os.path.join(spec.prefix, pattern), recursive=True)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                for root, _, names in os.walk(path):
+                    found += [Included(spec, os.path.join(root, n), reason) for n in sorted(names)]
+            else:
+                found.append(Included(spec, path, reason))
+    return found
+
+
+def requested(includes: Sequence[str], nodes: Sequence) -> List[Included]:
+    """The files of ``--include SPEC:GLOB`` arguments."""
+    import spack.spec
+
+    result = []
+    for request in includes:
+        constraint, sep, pattern = request.partition(":")
+        if not sep or not constraint or not pattern or os.path.isabs(pattern) \
+                or ".." in pattern.split("/"):
+            raise AppImageError(
+                f"--include {request}: expected SPEC:GLOB with a prefix-relative GLOB",
+                "e.g. --include openmpi:lib/openmpi/*.so",
+            )
+        try:
+            query = spack.spec.Spec(constraint)
+        except Exception as e:
+            raise AppImageError(f"--include {request}: {constraint!r} is not a spec ({e})")
+        specs = [s for s in nodes if not s.external and s.satisfies(query)]
+        if len(specs) != 1:
+            raise AppImageError(
+                f"--include {request}: {len(specs) or 'no'} installed specs of the "
+                f"environment match {constraint}",
+                "name exactly one link/run dependency of the environment (add @version or "
+                "/hash)",
+            )
+        files = _files(specs[0], [pattern], f"--include {request}")
+        if not files:
+            raise AppImageError(
+                f"--include {request}: nothing matches {pattern} in {specs[0].prefix}",
+                "check the path with ls in that prefix",
+            )
+        result += files
+    return result
+
+
+def by_rule(specs: Iterable) -> List[Included]:
+    """Plugin files of the bundled ``specs`` that have a rule."""
+    return [
+        item
+        for spec in specs
+        if not spec.external and spec.name in PLUGIN_RULES
+        for item in _files(spec, PLUGIN_RULES[spec.name], f"plugin rule for {spec.name}")
+    ]
