@@ -6,6 +6,7 @@ with a signal, or waits for SIGTERM.
 """
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -346,3 +347,38 @@ def test_noexec_or_full_tmpdir_moves_on(image, tmp_path):
             assert f"skipping {point}" in result.stderr
         finally:
             subprocess.run(["umount", str(point)], check=True)
+
+
+def test_extract_never_follows_a_planted_symlink(image, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "squashfs-root").mkdir()
+    os.symlink(victim, tmp_path / "squashfs-root" / "data")
+    result = run(image, "--appimage-extract", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "t.app: cannot extract data into squashfs-root: Not a directory" in result.stderr
+    assert os.listdir(victim) == []
+
+
+def test_the_server_keeps_none_of_the_callers_descriptors(image):
+    read_end, write_end = os.pipe()
+    try:
+        starter = subprocess.Popen([image, "exit", "0"], pass_fds=[write_end],
+                                   stdout=subprocess.DEVNULL,
+                                   env=dict(os.environ, APPIMAGE_IDLE_MS="3000"))
+        os.close(write_end)
+        starter.wait(timeout=10)
+        assert mounts_of(image)  # the server lives on, idle...
+        ready, _, _ = select.select([read_end], [], [], 2)
+        assert ready and os.read(read_end, 1) == b""  # ...without the caller's pipe
+    finally:
+        os.close(read_end)
+    assert wait_unmounted(image)
+
+
+def test_ignored_sigchld_does_not_lose_the_exit_status(image):
+    result = subprocess.run(
+        [image, "exit", "7"], capture_output=True, env=dict(os.environ, **MODES["extract"]),
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+    )
+    assert result.returncode == 7

@@ -175,7 +175,7 @@ static void open_image(struct image *img) {
     char idsec[128] = {0};
     unsigned long long unpacked = 0;
     if (read_section(fd, ".spack_appimage_id", idsec, sizeof idsec) == 0 && idsec[0] &&
-        sscanf(idsec, "%64s %llu", img->id, &unpacked) >= 1) {
+        sscanf(idsec, "%64[0-9a-f] %llu", img->id, &unpacked) >= 1) {
         img->unpacked = unpacked;
     } else { /* an image made by other tools: key the cache by the file's identity */
         snprintf(img->id, sizeof img->id, "f%lx-%lx-%lx-%lx", (unsigned long)st.st_dev,
@@ -312,6 +312,25 @@ static long now_ms(void) {
     return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
 }
 
+static int find_fusermount(char *out, size_t cap);
+
+/* 0 when `mnt` was unmounted, -1 if it is busy or the unmount failed. */
+static int unmount_now(const char *mnt) {
+    if (getuid() == 0) return umount2(mnt, 0);
+    char fusermount[PATH_MAX];
+    if (find_fusermount(fusermount, sizeof fusermount)) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 1), dup2(null, 2);
+        execl(fusermount, fusermount, "-u", "-q", mnt, (char *)NULL);
+        _exit(1);
+    }
+    int status;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0) return -1;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
 struct server {
     struct fuse_session *se;
     const char *dir;
@@ -332,14 +351,18 @@ static void *watch_users(void *arg) {
         } else if (!idle_since) {
             idle_since = now_ms();
         } else if (now_ms() - idle_since >= s->idle_ms) {
-            fuse_session_exit(s->se);
-            fuse_session_unmount(s->se); /* wakes the loop's threads with ENODEV */
+            /* Not lazy: a process still inside the mount without the users lock (a
+               daemon that closed its fds) makes it busy, and the server keeps serving. */
             char mnt[PATH_MAX];
             snprintf(mnt, sizeof mnt, "%s/mnt", s->dir);
-            rmdir(mnt);
-            flock(users, LOCK_UN);
-            flock(lock, LOCK_UN);
-            return NULL;
+            if (unmount_now(mnt) == 0) {
+                fuse_session_exit(s->se); /* the loop's threads get ENODEV and return */
+                rmdir(mnt);
+                flock(users, LOCK_UN);
+                flock(lock, LOCK_UN);
+                return NULL;
+            }
+            idle_since = now_ms();
         }
         flock(users, LOCK_UN);
         flock(lock, LOCK_UN);
@@ -357,7 +380,8 @@ static void serve(const struct image *img, const char *dir, const char *mnt, int
     }
     char fsname[PATH_MAX + 32];
     snprintf(fsname, sizeof fsname, "ro,nodev,nosuid,auto_unmount,fsname=%s,subtype=spack-appimage", img->path);
-    if (getuid() == 0 && !getenv("FUSERMOUNT_PROG") && access("/usr/bin/fusermount3", X_OK)) {
+    char found[PATH_MAX];
+    if (getuid() == 0 && find_fusermount(found, sizeof found) && access("/usr/bin/fusermount3", X_OK)) {
         /* root without fusermount3: mount(2) directly; auto_unmount needs fusermount */
         snprintf(fsname, sizeof fsname, "ro,nodev,nosuid,fsname=%s,subtype=spack-appimage", img->path);
     }
@@ -378,32 +402,25 @@ static void serve(const struct image *img, const char *dir, const char *mnt, int
     struct fuse_loop_config config = {.clone_fd = 0, .max_idle_threads = 10};
     fuse_session_loop_mt(se, &config);
     pthread_join(watcher, NULL);
-    fuse_session_destroy(se);
+    fuse_session_destroy(se); /* already unmounted by the watcher */
     _exit(0);
 }
 
-/* A setuid-root fusermount, as libfuse needs one when not root. */
+/* The setuid-root fusermount3 in PATH that libfuse 3 runs to mount when not root
+   (libfuse 3 does not run fuse2's plain `fusermount`). */
 static int find_fusermount(char *out, size_t cap) {
-    const char *explicit = getenv("FUSERMOUNT_PROG");
-    const char *names[] = {"fusermount3", "fusermount"};
-    struct stat st;
-    if (explicit && *explicit) {
-        snprintf(out, cap, "%s", explicit);
-        return access(out, X_OK);
-    }
     const char *path = getenv("PATH");
+    struct stat st;
     if (!path) return -1;
-    for (int n = 0; n < 2; n++) {
-        char *copy = strdup(path), *save = NULL;
-        for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-            snprintf(out, cap, "%s/%s", d, names[n]);
-            if (!stat(out, &st) && st.st_uid == 0 && (st.st_mode & S_ISUID)) {
-                free(copy);
-                return 0;
-            }
+    char *copy = strdup(path), *save = NULL;
+    for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        snprintf(out, cap, "%s/fusermount3", d);
+        if (!stat(out, &st) && st.st_uid == 0 && (st.st_mode & S_ISUID)) {
+            free(copy);
+            return 0;
         }
-        free(copy);
     }
+    free(copy);
     return -1;
 }
 
@@ -412,15 +429,17 @@ static const char *fuse_unusable(void) {
     if (access("/dev/fuse", R_OK | W_OK)) return "/dev/fuse is missing or not accessible";
     char fusermount[PATH_MAX];
     if (getuid() != 0 && find_fusermount(fusermount, sizeof fusermount))
-        return "no setuid fusermount3 or fusermount in PATH";
+        return "no setuid fusermount3 in PATH";
     return NULL;
 }
 
 static int is_mounted(const char *mnt) {
     struct statfs sf;
-    char apprun[PATH_MAX + 8];
-    snprintf(apprun, sizeof apprun, "%s/AppRun", mnt);
-    return !statfs(mnt, &sf) && (unsigned)sf.f_type == FUSE_SUPER_MAGIC && !access(apprun, F_OK);
+    struct stat here, parent;
+    char up[PATH_MAX + 4];
+    snprintf(up, sizeof up, "%s/..", mnt);
+    return !statfs(mnt, &sf) && (unsigned)sf.f_type == FUSE_SUPER_MAGIC && !stat(mnt, &here) &&
+           !stat(up, &parent) && here.st_dev != parent.st_dev;
 }
 
 /* A mount whose server died without auto_unmount (e.g. root without fusermount3). */
@@ -439,22 +458,27 @@ static void clear_dead_mount(const char *mnt) {
 /* Starts the server in its own session, detached from this process, and waits until
    it has mounted. Returns 0, or -1 with the reason in `why`. */
 static int start_server(const struct image *img, const char *dir, const char *mnt,
-                        int held[2], char *why, size_t cap) {
+                        char *why, size_t cap) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC)) return snprintf(why, cap, "pipe: %s", strerror(errno)), -1;
     pid_t first = fork();
-    if (first < 0) return snprintf(why, cap, "fork: %s", strerror(errno)), -1;
+    if (first < 0) {
+        close(pipefd[0]), close(pipefd[1]);
+        return snprintf(why, cap, "fork: %s", strerror(errno)), -1;
+    }
     if (first == 0) {
-        close(pipefd[0]);
-        close(held[0]); /* the launcher's locks stay the launcher's */
-        close(held[1]);
+        /* Nothing of the caller's stays open in the server: not the launcher's locks,
+           not a job's lock or a pipe someone waits on for end-of-file. */
+        int ready = pipefd[1];
+        if (ready > 3) close_range(3, ready - 1, 0);
+        close_range(ready + 1, ~0U, 0);
         setsid();
         if (fork()) _exit(0);
         if (chdir("/")) _exit(1);
         int null = open("/dev/null", O_RDWR);
-        dup2(null, 0), dup2(null, 1);
-        if (!verbose) dup2(null, 2);
-        serve(img, dir, mnt, pipefd[1]);
+        dup2(null, 0), dup2(null, 1), dup2(null, 2);
+        if (null > 2) close(null);
+        serve(img, dir, mnt, ready);
     }
     close(pipefd[1]);
     waitpid(first, NULL, 0);
@@ -480,14 +504,13 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
     if (users < 0 || lock < 0) return snprintf(why, wcap, "cannot create locks in %s", dir), -1;
     flock(users, LOCK_SH);
     flock(lock, LOCK_EX);
-    int held[2] = {users, lock};
     int rc = 0;
     if (!is_mounted(mnt)) {
         struct statfs sf;
         if (statfs(mnt, &sf) && errno == ENOTCONN) clear_dead_mount(mnt);
         mkdir(mnt, 0700);
         say("mounting %s at %s", img->path, mnt);
-        rc = start_server(img, dir, mnt, held, why, wcap);
+        rc = start_server(img, dir, mnt, why, wcap);
     } else {
         say("joining the mount at %s", mnt);
     }
@@ -502,8 +525,8 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
 
 /* ---------------------------------------------------------------- extraction */
 
-static int write_file(sqfs *fs, sqfs_inode *inode, const char *dest, mode_t mode) {
-    int fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+static int write_file(sqfs *fs, sqfs_inode *inode, int dirfd, const char *name, mode_t mode) {
+    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
     static char buf[1 << 17];
     off_t size = inode->xtra.reg.file_size, pos = 0;
@@ -519,49 +542,95 @@ static int write_file(sqfs *fs, sqfs_inode *inode, const char *dest, mode_t mode
     return close(fd);
 }
 
-/* Extracts every path matching `pattern` (all if NULL) under `root`. */
+/* The directory that holds `path` (relative to `rootfd`), created as needed; every
+   component must be a real directory: a symlink or ".." in the image (or planted in an
+   existing tree) cannot lead the extraction elsewhere. Returns an fd; *leaf is the last
+   component. */
+static int open_parent(int rootfd, char *path, const char **leaf) {
+    int dirfd = dup(rootfd);
+    char *save = NULL, *part = strtok_r(path, "/", &save), *next;
+    for (; part && (next = strtok_r(NULL, "/", &save)); part = next) {
+        if (!strcmp(part, ".") || !strcmp(part, "..")) break;
+        mkdirat(dirfd, part, 0755);
+        int sub = openat(dirfd, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(dirfd);
+        if (sub < 0) return -1;
+        dirfd = sub;
+    }
+    if (!part || !strcmp(part, ".") || !strcmp(part, "..")) {
+        close(dirfd);
+        errno = EINVAL;
+        return -1;
+    }
+    *leaf = part;
+    return dirfd;
+}
+
+static int extract_entry(sqfs *fs, sqfs_inode *inode, int dirfd, const char *name) {
+    mode_t mode = inode->base.mode & 0777;
+    if (S_ISDIR(inode->base.mode)) {
+        if (mkdirat(dirfd, name, 0700) && errno != EEXIST) return -1;
+        int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) return -1;
+        fchmod(fd, mode | 0700);
+        return close(fd);
+    }
+    if (S_ISREG(inode->base.mode)) {
+        unlinkat(dirfd, name, 0);
+        return write_file(fs, inode, dirfd, name, mode);
+    }
+    if (S_ISLNK(inode->base.mode)) {
+        char target[PATH_MAX];
+        size_t size = sizeof target;
+        if (sqfs_readlink(fs, inode, target, &size)) return -1;
+        unlinkat(dirfd, name, 0);
+        return symlinkat(target, dirfd, name);
+    }
+    return 0; /* devices and fifos are not extracted */
+}
+
+/* Extracts every path matching `pattern` (all if NULL) under the directory `root`. */
 static int extract(const struct image *img, const char *root, const char *pattern) {
     sqfs fs;
     if (sqfs_open_image(&fs, img->path, img->offset)) {
         fprintf(stderr, "%s: cannot open the squashfs of %s\n", prog, img->path);
         return -1;
     }
+    int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     sqfs_traverse trv;
-    if (sqfs_traverse_open(&trv, &fs, sqfs_inode_root(&fs))) return -1;
+    if (rootfd < 0 || sqfs_traverse_open(&trv, &fs, sqfs_inode_root(&fs))) {
+        fprintf(stderr, "%s: cannot extract into %s: %s\n", prog, root, strerror(errno));
+        if (rootfd >= 0) close(rootfd);
+        close(fs.fd);
+        sqfs_destroy(&fs);
+        return -1;
+    }
     sqfs_err err = SQFS_OK;
     int rc = 0;
-    while (sqfs_traverse_next(&trv, &err)) {
+    while (rc == 0 && sqfs_traverse_next(&trv, &err)) {
         if (trv.dir_end) continue;
         if (pattern && fnmatch(pattern, trv.path, FNM_PATHNAME | FNM_LEADING_DIR)) continue;
-        char dest[PATH_MAX * 2];
-        snprintf(dest, sizeof dest, "%s/%s", root, trv.path);
-        /* parents of a matched path, for patterns that skip them */
-        for (char *p = dest + strlen(root) + 1; (p = strchr(p, '/')); p++) {
-            *p = '\0';
-            mkdir(dest, 0755);
-            *p = '/';
-        }
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s", trv.path);
+        const char *leaf;
         sqfs_inode inode;
-        if (sqfs_inode_get(&fs, &inode, sqfs_dentry_inode(&trv.entry))) { rc = -1; break; }
-        mode_t mode = inode.base.mode & 0777;
-        if (S_ISDIR(inode.base.mode)) {
-            if (mkdir(dest, 0755) && errno != EEXIST) { rc = -1; break; }
-            chmod(dest, mode | 0700);
-        } else if (S_ISREG(inode.base.mode)) {
-            unlink(dest);
-            if (write_file(&fs, &inode, dest, mode)) { rc = -1; break; }
-        } else if (S_ISLNK(inode.base.mode)) {
-            char target[PATH_MAX];
-            size_t size = sizeof target;
-            if (sqfs_readlink(&fs, &inode, target, &size)) { rc = -1; break; }
-            unlink(dest);
-            if (symlink(target, dest)) { rc = -1; break; }
+        int dirfd = open_parent(rootfd, path, &leaf);
+        if (dirfd < 0 || sqfs_inode_get(&fs, &inode, sqfs_dentry_inode(&trv.entry)) ||
+            extract_entry(&fs, &inode, dirfd, leaf)) {
+            fprintf(stderr, "%s: cannot extract %s into %s: %s\n", prog, trv.path, root,
+                    strerror(errno));
+            rc = -1;
         }
-        if (verbose) fprintf(stderr, "%s\n", trv.path);
+        if (dirfd >= 0) close(dirfd);
+        if (verbose && rc == 0) fprintf(stderr, "%s\n", trv.path);
     }
-    if (err) rc = -1;
-    if (rc) fprintf(stderr, "%s: extraction to %s failed: %s\n", prog, root, strerror(errno));
+    if (err && rc == 0) {
+        fprintf(stderr, "%s: the squashfs of %s is damaged\n", prog, img->path);
+        rc = -1;
+    }
     sqfs_traverse_close(&trv);
+    close(rootfd);
+    close(fs.fd); /* sqfs_destroy leaves the image's descriptor open */
     sqfs_destroy(&fs);
     return rc;
 }
@@ -573,6 +642,19 @@ static int remove_entry(const char *path, const struct stat *st, int type, struc
 
 static int remove_tree(const char *path) {
     return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Removes what an interrupted extraction or cleanup left (the lock is held). */
+static void remove_stale(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[PATH_MAX * 2];
+    while (d && (e = readdir(d))) {
+        if (strncmp(e->d_name, "tmp.", 4) && strcmp(e->d_name, "root.old")) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        remove_tree(path);
+    }
+    if (d) closedir(d);
 }
 
 /* Extracts into the cache once (private temp dir, then rename, under the lock); returns
@@ -588,6 +670,7 @@ static int join_extraction(const struct image *img, char *root, size_t cap, char
     int lock = open_lock(dir, "lock"), users = open_lock(dir, "users");
     if (lock < 0 || users < 0) die("cannot create locks in %s", dir);
     flock(lock, LOCK_EX);
+    remove_stale(dir);
     if (access(root, F_OK)) {
         char tmp[PATH_MAX];
         snprintf(tmp, sizeof tmp, "%s/tmp.XXXXXX", dir);
@@ -611,6 +694,7 @@ static void leave_extraction(const char *dir, const char *root, int users) {
     users = open_lock(dir, "users");
     flock(lock, LOCK_EX);
     if (!flock(users, LOCK_EX | LOCK_NB)) {
+        remove_stale(dir);
         char doomed[PATH_MAX + 16];
         snprintf(doomed, sizeof doomed, "%s.old", root);
         if (!rename(root, doomed)) remove_tree(doomed);
@@ -619,9 +703,13 @@ static void leave_extraction(const char *dir, const char *root, int users) {
     close(lock);
 }
 
-static pid_t child;
-static void forward(int sig) {
-    if (child > 0) kill(child, sig);
+static volatile pid_t child;
+
+/* Passes a signal sent to the runtime on to the app. One from the terminal (SI_KERNEL)
+   already reached the app, which is in the same process group. */
+static void forward(int sig, siginfo_t *info, void *context) {
+    (void)context;
+    if (child > 0 && info->si_code != SI_KERNEL) kill(child, sig);
 }
 
 static int run_extracted(const struct image *img, char **argv, const char *owd) {
@@ -631,20 +719,24 @@ static int run_extracted(const struct image *img, char **argv, const char *owd) 
     const char *argv0 = argv[0];
     set_app_environment(img, root, argv0, owd);
     int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
-    struct sigaction sa = {.sa_handler = forward};
+    struct sigaction sa = {.sa_sigaction = forward, .sa_flags = SA_SIGINFO | SA_RESTART};
     sigemptyset(&sa.sa_mask);
     for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &sa, NULL);
+    signal(SIGCHLD, SIG_DFL); /* an inherited SIG_IGN would make waitpid lose the status */
     child = fork();
     if (child < 0) die("fork: %s", strerror(errno));
     if (child == 0) {
         struct sigaction dfl = {.sa_handler = SIG_DFL};
         for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &dfl, NULL);
+        fcntl(users, F_SETFD, 0); /* the app and its children keep the tree in use */
         execv(apprun, argv);
         fprintf(stderr, "%s: cannot run %s: %s\n", prog, apprun, strerror(errno));
         _exit(EXIT_RUNTIME);
     }
     int status;
-    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+    while (waitpid(child, &status, 0) < 0)
+        if (errno != EINTR) die("waitpid: %s", strerror(errno));
+    child = 0;
     leave_extraction(dir, root, users);
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
@@ -669,8 +761,8 @@ static void help(void) {
         "Environment: APPIMAGE_EXTRACT_AND_RUN (extract instead of mounting), NO_CLEANUP\n"
         "(keep the extracted copy), TMPDIR (first place to mount or extract), TARGET_APPIMAGE\n"
         "(operate on that file), VERBOSE, APPIMAGE_QUIET (no line when falling back to\n"
-        "extraction), APPIMAGE_IDLE_MS (how long a shared mount outlives its last user),\n"
-        "FUSERMOUNT_PROG. Failures exit with 127; an app killed by signal N exits with 128+N.\n",
+        "extraction), APPIMAGE_IDLE_MS (how long a shared mount outlives its last user).\n"
+        "Failures exit with 127; in extract mode an app killed by signal N exits with 128+N.\n",
         RUNTIME_VERSION);
 }
 
@@ -680,7 +772,7 @@ static int doctor(const struct image *img) {
     printf("/dev/fuse: %s\n", access("/dev/fuse", R_OK | W_OK) ? "NOT usable" : "usable");
     char fusermount[PATH_MAX];
     int found = find_fusermount(fusermount, sizeof fusermount) == 0;
-    printf("fusermount: %s%s\n", found ? fusermount : "none (setuid-root fusermount3/fusermount in PATH)",
+    printf("fusermount: %s%s\n", found ? fusermount : "none (setuid-root fusermount3 in PATH)",
            getuid() == 0 ? " (root: not needed)" : "");
     const char *why = fuse_unusable();
     if (why) printf("mode: extract (%s)\n", why); else printf("mode: FUSE mount\n");
@@ -734,6 +826,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     open_image(&img);
+    prog = strrchr(img.path, '/') + 1; /* messages name the image, not a symlink to it */
     int extract_and_run = getenv("APPIMAGE_EXTRACT_AND_RUN") != NULL;
     if (arg && !strncmp(arg, "appimage", 8)) {
         if (!strcmp(arg, "appimage-offset")) return printf("%lld\n", (long long)img.offset), 0;
