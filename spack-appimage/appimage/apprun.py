@@ -8,7 +8,7 @@ limit which host glibc the image runs on.
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from . import toolchain
 
@@ -41,12 +41,22 @@ class EntryPoint:
 
 
 def write_table(
-    appdir: str, entries: Sequence[EntryPoint], default: Optional[str], bin_dirs: Sequence[str]
+    appdir: str,
+    entries: Sequence[EntryPoint],
+    default: Optional[str],
+    bin_dirs: Sequence[str],
+    glibc: Optional[str] = None,
+    host_libs: Sequence[Tuple[str, str, str]] = (),
 ) -> None:
+    """The table AppRun reads (format in apprun/apprun.c). ``host_libs`` are (entry,
+    library, why) for the checks AppRun makes before running an entry."""
     lines = [e.line() for e in entries]
     if default:
         lines.append(f"default\t{default}")
     lines += [f"path\t{d}" for d in bin_dirs]
+    if glibc:
+        lines.append(f"glibc\t{glibc}")
+    lines += ["\t".join(("host",) + requirement) for requirement in host_libs]
     os.makedirs(os.path.join(appdir, os.path.dirname(TABLE)), exist_ok=True)
     with open(os.path.join(appdir, TABLE), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -200,14 +200,25 @@ class Closure:
         entries = set(self.entries)
         return [path for path in self.objects if path not in entries]
 
-    def host_requirements(self) -> Dict[str, str]:
-        """Library name -> why the host provides it."""
+    def host_requirements(self, start: Optional[str] = None) -> Dict[str, str]:
+        """Library name -> why the host provides it: for everything, or for what the
+        object at real path ``start`` (an entry) loads."""
+        objects = self.objects if start is None else self.reachable(start)
         return {
             link.needed: link.host_reason
-            for links in self.links.values()
-            for link in links.values()
+            for path in objects
+            for link in self.links.get(path, {}).values()
             if link.host_reason
         }
+
+    def reachable(self, start: str) -> List[str]:
+        """Real paths of ``start`` and of the bundled objects it loads, in load order."""
+        seen = [start]
+        for path in seen:
+            for link in self.links.get(path, {}).values():
+                if link.real_path and not link.host_reason and link.real_path not in seen:
+                    seen.append(link.real_path)
+        return seen
 
 
 @dataclass

@@ -107,6 +107,11 @@ class HostPolicy:
                 return f"external {spec}"
         return None
 
+    @staticmethod
+    def always_there(name: str) -> bool:
+        """Whether every glibc host has it (nothing to check before running)."""
+        return any(rule.matches(name) for rule in ALWAYS)
+
     def _bundled(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.bundle)
 

@@ -10,6 +10,12 @@
  *                                      runs as INTERPRETER [ARG] PATH ARGS...)
  *     default <TAB> NAME
  *     path <TAB> DIR                   (prepended to PATH, in order)
+ *     glibc <TAB> X.Y                  (the newest GLIBC_X.Y the bundled files need)
+ *     host <TAB> ENTRY <TAB> LIB <TAB> WHY   (a library ENTRY needs from the host)
+ *
+ * Before running an entry it checks, cheaply, what would otherwise fail inside the
+ * loader with a less helpful message: a host glibc older than the image needs, and host
+ * libraries the loader cannot find (LD_LIBRARY_PATH, /etc/ld.so.cache, system dirs).
  *
  * Which entry runs:
  *   1. basename of $ARGV0 (set by the runtime), else of argv[0], names an entry:
@@ -21,11 +27,15 @@
  * Only declared entries can run, never anything looked up in PATH.
  */
 #define _GNU_SOURCE
+#include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_ENTRIES 1024
@@ -43,6 +53,13 @@ static int n_entries;
 static const char *dirs[MAX_DIRS];
 static int n_dirs;
 static const char *default_entry;
+static const char *glibc_needed;
+
+struct host_lib {
+    const char *entry, *name, *why;
+};
+static struct host_lib host_libs[MAX_ENTRIES];
+static int n_host_libs;
 
 static const char *base_name(const char *path) {
     const char *slash = strrchr(path, '/');
@@ -87,6 +104,10 @@ static int parse(char *text) {
             default_entry = a;
         else if (!strcmp(kind, "path") && n_dirs < MAX_DIRS)
             dirs[n_dirs++] = a;
+        else if (!strcmp(kind, "glibc"))
+            glibc_needed = a;
+        else if (!strcmp(kind, "host") && n >= 4 && n_host_libs < MAX_ENTRIES)
+            host_libs[n_host_libs++] = (struct host_lib){a, b, f[3]};
     }
     return n_entries > 0 ? 0 : -1;
 }
@@ -107,6 +128,137 @@ static int usage(const char *image, const char *unknown) {
     return 2;
 }
 
+/* ------------------------------------------------------ what the host provides */
+
+static const char *image_name = "AppRun";
+
+static void *map_file(const char *path, size_t *size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0) return NULL;
+    void *data = fstat(fd, &st) || st.st_size == 0 ? MAP_FAILED
+                 : mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (data == MAP_FAILED) return NULL;
+    *size = st.st_size;
+    return data;
+}
+
+/* glibc's /etc/ld.so.cache ("glibc-ld.so.cache1.1", possibly after the old format):
+   the path of library `name`, or NULL. */
+static const char *ld_cache_lookup(const char *name) {
+    static char *cache;
+    static size_t size;
+    static const char *strings;
+    static uint32_t nlibs;
+    static const unsigned char *entries;
+    static char found[PATH_MAX];
+    if (!cache) {
+        if (!(cache = map_file("/etc/ld.so.cache", &size))) return NULL;
+        const char *magic = "glibc-ld.so.cache1.1";
+        size_t start = 0;
+        if (size > 16 && !memcmp(cache, "ld.so-1.7.0", 11)) {
+            uint32_t old_n;
+            memcpy(&old_n, cache + 12, 4);
+            start = (16 + (size_t)old_n * 12 + 7) & ~(size_t)7;
+        }
+        if (start + 48 > size || memcmp(cache + start, magic, 20)) return NULL;
+        memcpy(&nlibs, cache + start + 20, 4);
+        strings = cache + start;
+        entries = (const unsigned char *)cache + start + 48;
+        if (start + 48 + (size_t)nlibs * 24 > size) nlibs = 0;
+    }
+    for (uint32_t i = 0; i < nlibs; i++) {
+        uint32_t key, value;
+        memcpy(&key, entries + i * 24 + 4, 4);
+        memcpy(&value, entries + i * 24 + 8, 4);
+        if (strings + key < cache + size && !strcmp(strings + key, name) &&
+            strings + value < cache + size) {
+            snprintf(found, sizeof found, "%s", strings + value);
+            return found;
+        }
+    }
+    return NULL;
+}
+
+static const char *system_dirs[] = {"/lib64", "/usr/lib64", "/lib", "/usr/lib",
+    "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu", "/lib/powerpc64le-linux-gnu", "/usr/lib/powerpc64le-linux-gnu"};
+
+/* Where the host's loader would find `name`: LD_LIBRARY_PATH, the cache, system dirs. */
+static const char *host_find(const char *name) {
+    static char path[PATH_MAX];
+    const char *env = getenv("LD_LIBRARY_PATH");
+    if (env) {
+        char *copy = strdup(env), *save = NULL;
+        for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+            snprintf(path, sizeof path, "%s/%s", d, name);
+            if (!access(path, R_OK)) return free(copy), path;
+        }
+        free(copy);
+    }
+    const char *cached = ld_cache_lookup(name);
+    if (cached) return cached;
+    for (size_t i = 0; i < sizeof system_dirs / sizeof *system_dirs; i++) {
+        snprintf(path, sizeof path, "%s/%s", system_dirs[i], name);
+        if (!access(path, R_OK)) return path;
+    }
+    return NULL;
+}
+
+/* The newest GLIBC_x.y version that the libc.so.6 at `path` defines, as x*1000+y. */
+static long glibc_version_of(const char *path) {
+    size_t size;
+    unsigned char *data = map_file(path, &size);
+    long newest = -1;
+    if (!data) return -1;
+    Elf64_Ehdr *eh = (Elf64_Ehdr *)data;
+    if (size < sizeof *eh || memcmp(data, ELFMAG, SELFMAG) || data[EI_CLASS] != ELFCLASS64 ||
+        eh->e_shoff + (size_t)eh->e_shnum * sizeof(Elf64_Shdr) > size)
+        goto done;
+    Elf64_Shdr *sh = (Elf64_Shdr *)(data + eh->e_shoff);
+    for (int i = 0; i < eh->e_shnum; i++) {
+        if (sh[i].sh_type != SHT_GNU_verdef || sh[i].sh_link >= eh->e_shnum) continue;
+        const char *strtab = (const char *)data + sh[sh[i].sh_link].sh_offset;
+        size_t at = sh[i].sh_offset;
+        for (unsigned n = 0; n < sh[i].sh_info && at + sizeof(Elf64_Verdef) <= size; n++) {
+            Elf64_Verdef *vd = (Elf64_Verdef *)(data + at);
+            Elf64_Verdaux *aux = (Elf64_Verdaux *)(data + at + vd->vd_aux);
+            int major, minor;
+            if (sscanf(strtab + aux->vda_name, "GLIBC_%d.%d", &major, &minor) == 2 &&
+                major * 1000L + minor > newest)
+                newest = major * 1000L + minor;
+            if (!vd->vd_next) break;
+            at += vd->vd_next;
+        }
+    }
+done:
+    munmap(data, size);
+    return newest;
+}
+
+/* Exits with a message when the host cannot run `entry`. */
+static void check_host(const char *entry) {
+    int major, minor;
+    if (glibc_needed && sscanf(glibc_needed, "%d.%d", &major, &minor) == 2) {
+        const char *libc = host_find("libc.so.6");
+        long have = libc ? glibc_version_of(libc) : -1;
+        if (have >= 0 && have < major * 1000L + minor) {
+            fprintf(stderr, "%s: needs glibc %s or newer, this host has %ld.%ld: build the "
+                    "image on a system with a glibc as old as the oldest host\n",
+                    image_name, glibc_needed, have / 1000, have % 1000);
+            exit(127);
+        }
+    }
+    for (int i = 0; i < n_host_libs; i++) {
+        if (strcmp(host_libs[i].entry, entry) || host_find(host_libs[i].name)) continue;
+        fprintf(stderr, "%s: %s needs %s (%s) from this host, and the loader cannot find it: "
+                "load the module that provides it, or add its directory to LD_LIBRARY_PATH\n",
+                image_name, entry, host_libs[i].name, host_libs[i].why);
+        exit(127);
+    }
+}
+
 int main(int argc, char **argv) {
     char self[PATH_MAX];
     ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -125,6 +277,8 @@ int main(int argc, char **argv) {
         return 127;
     }
 
+    const char *appimage = getenv("APPIMAGE");
+    if (appimage && *appimage) image_name = base_name(appimage);
     const char *argv0 = getenv("ARGV0");
     if (!argv0 || !*argv0) argv0 = argv[0] ? argv[0] : "AppRun";
     const char *image = base_name(argv0);
@@ -139,6 +293,7 @@ int main(int argc, char **argv) {
         chosen = find(default_entry);
     }
     if (!chosen) return usage(image, argc > 1 ? argv[1] : NULL);
+    check_host(chosen->name);
 
     /* Bundled bin directories first, so that entries can call each other. */
     const char *old_path = getenv("PATH");
