@@ -23,7 +23,20 @@ EXTENSION = os.path.join(ROOT, "spack-appimage")
 TEST_REPO = os.path.join(HERE, "repo", "spack_repo", "appimage_test")
 
 #: What the test environment holds; one concretization and install for the whole session.
-ENV_SPECS = ["ai-hello", "ai-cxx", "ai-origin", "ai-runpath"]
+ENV_SPECS = ["ai-hello", "ai-cxx", "ai-origin", "ai-runpath", "ai-mpi", "ai-gpu", "ai-plugin",
+             "ai-script"]
+
+#: Debian's OpenMPI as a site's MPI: a non-buildable external, as packages.yaml has it.
+PACKAGES_YAML = """\
+packages:
+  openmpi:
+    externals:
+    - spec: openmpi@4.1.4
+      prefix: /usr
+    buildable: false
+  mpi:
+    require: openmpi
+"""
 
 
 def _require(tool: str, how: str) -> str:
@@ -119,7 +132,10 @@ def site(tmp_path_factory):
         )
     with open(os.path.join(config, "repos.yaml"), "w") as f:
         f.write(f"repos:\n  appimage_test: {TEST_REPO}\n")
+    with open(os.path.join(config, "packages.yaml"), "w") as f:
+        f.write(PACKAGES_YAML)
     _require("patchelf", "apt-get install patchelf (see .ci/run)")
+    _require("mpicc", "apt-get install openmpi-bin libopenmpi-dev (see .ci/run)")
     spack_ = Spack(root)
     spack_.env = spack_.make_env("main", ENV_SPECS)
     spack_("install", env=spack_.env)

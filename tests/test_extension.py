@@ -32,7 +32,7 @@ def test_loaded_through_the_pip_entry_point(site, tmp_path):
                    check=True, cwd=tmp_path)
     config = tmp_path / "config"
     config.mkdir()
-    for name in ("repos.yaml", "config.yaml"):
+    for name in ("repos.yaml", "config.yaml", "packages.yaml"):
         text = open(os.path.join(site.root, "config", name)).read()
         (config / name).write_text(text.split("  extensions:")[0])
     env = dict(site.env_vars, PATH=f"{venv / 'bin'}:{os.environ['PATH']}",

@@ -1,1 +1,2 @@
-const char *plugin_name(void) { return "plugin-ok"; }
+const char *leaf(void);
+const char *plugin_name(void) { return leaf()[0] == 'l' ? "plugin-ok" : "plugin-broken"; }

@@ -1,0 +1,159 @@
+"""What stays on the host (external MPI, GPU driver, --host-lib), what the ELF closure
+cannot see (plugins, --include), data rules, script entries, and the checks AppRun
+makes before it runs an entry. Real Spack, real Debian OpenMPI as an external, real runs."""
+
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import cc
+from test_pipeline import store_renamed_away
+
+from spack.extensions.appimage import apprun, closure
+
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"]
+
+
+def make(site, tmp_path, name, *args):
+    """Build tmp_path/name.app, keeping its AppDir in tmp_path/name; return both."""
+    output, appdir = tmp_path / f"{name}.app", tmp_path / name
+    site("appimage", "-o", str(output), "--keep-appdir", str(appdir), *args, env=site.env)
+    return str(output), appdir
+
+
+def files(appdir):
+    return {os.path.relpath(os.path.join(r, n), appdir) for r, ds, ns in os.walk(appdir)
+            for n in ns + ds}
+
+
+def names(appdir):
+    return {os.path.basename(f) for f in files(appdir)}
+
+
+def driver_dir(site):
+    [path] = glob.glob(os.path.join(site.store, "*", "ai-gpu-*", "lib", "driver"))
+    return path
+
+
+def test_external_mpi_stays_on_the_host(site, tmp_path):
+    image, appdir = make(site, tmp_path, "mpi", "--entry", "mpi-hello")
+    assert not any(n.startswith("libmpi") for n in names(appdir))
+    table = (appdir / ".appimage" / "entries").read_text()
+    assert "host\tmpi-hello\tlibmpi.so.40\texternal openmpi@4.1.4\n" in table
+    with store_renamed_away(site):
+        run = subprocess.run(MPIRUN + [image, "mpi-hello"], capture_output=True, text=True,
+                             cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == ["rank 0 of 2 sum 3", "rank 1 of 2 sum 3"]
+
+
+def test_bundle_externals_bundles_the_mpi(site, tmp_path):
+    image, appdir = make(site, tmp_path, "mpib", "--entry", "mpi-hello", "--bundle-externals")
+    assert "libmpi.so.40" in names(appdir)
+    assert "libmpi.so.40" not in (appdir / ".appimage" / "entries").read_text()
+    run = subprocess.run(MPIRUN + [image, "mpi-hello"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "rank 1 of 2 sum 3" in run.stdout
+
+
+def test_gpu_driver_library_comes_from_the_host(site, tmp_path):
+    image, appdir = make(site, tmp_path, "gpu", "--entry", "gpu-app")
+    assert "libcuda.so.1" not in names(appdir)
+    found = subprocess.run([image], capture_output=True, text=True,
+                           env=dict(os.environ, LD_LIBRARY_PATH=driver_dir(site)))
+    assert found.stdout == "gpu app: driver fake-driver-1\n"
+    missing = subprocess.run([image], capture_output=True, text=True)
+    assert missing.returncode == 127
+    assert missing.stderr == (
+        "gpu.app: gpu-app needs libcuda.so.1 (GPU driver) from this host, and the loader "
+        "cannot find it: load the module that provides it, or add its directory to "
+        "LD_LIBRARY_PATH\n")
+
+
+def test_bundle_lib_and_host_lib_override_the_policy(site, tmp_path):
+    image, appdir = make(site, tmp_path, "gpub", "--entry", "gpu-app",
+                         "--bundle-lib", "libcuda.so*")
+    assert "libcuda.so.1" in names(appdir)
+    assert subprocess.run([image], capture_output=True, text=True).stdout == \
+        "gpu app: driver fake-driver-1\n"
+
+    image, appdir = make(site, tmp_path, "hostleaf", "--entry", "ai-hello=ai-hello",
+                         "--host-lib", "libleaf.so*")
+    assert not any(n.startswith("libleaf") for n in names(appdir))
+    run = subprocess.run([image], capture_output=True, text=True)
+    assert run.returncode == 127
+    assert "ai-hello needs libleaf.so.1 (--host-lib) from this host" in run.stderr
+
+
+def test_included_plugin_and_its_closure(site, tmp_path):
+    image, appdir = make(site, tmp_path, "plug", "--entry", "plugin-host")
+    assert subprocess.run([image], capture_output=True, text=True).stdout.startswith(
+        "no plugin")
+    image, appdir = make(site, tmp_path, "plugi", "--entry", "plugin-host",
+                         "--include", "ai-plugin:lib/plugins/*.so")
+    assert {"libplug.so", "libleaf.so.1"} <= names(appdir)
+    with store_renamed_away(site):
+        run = subprocess.run([image], capture_output=True, text=True)
+    assert run.stdout == "plugin host: plugin-ok\n"
+
+
+def test_bad_include_is_an_error(site, tmp_path):
+    result = site("appimage", "--entry", "plugin-host", "--include", "ai-plugin:lib/nothing*",
+                  "-o", str(tmp_path / "x.app"), env=site.env, check=False)
+    assert result.returncode == 1
+    assert "--include ai-plugin:lib/nothing*: nothing matches lib/nothing*" in result.stderr
+    assert not (tmp_path / "x.app").exists()
+
+
+def test_exclude_and_keep_data(site, tmp_path):
+    _, appdir = make(site, tmp_path, "data", "--entry", "ai-hello=ai-hello",
+                     "--keep", "share/man*", "--exclude", "share/leaf/*")
+    present = names(appdir)
+    assert "leaf.1" in present and "leaf.dat" not in present and "greeting.txt" in present
+    assert "leaf.h" not in present
+
+
+def test_script_entries_run_with_the_bundled_interpreter(site, tmp_path):
+    image, appdir = make(site, tmp_path, "scripts", "--entry", "say-hello",
+                         "--entry", "say-sbang")
+    assert "ai-interp" in names(appdir)
+    with store_renamed_away(site):
+        for mode in ({}, {"APPIMAGE_EXTRACT_AND_RUN": "1"}):
+            env = dict(os.environ, **mode)
+            hello = subprocess.run([image, "say-hello", "x"], capture_output=True, text=True,
+                                   env=env, cwd=tmp_path)
+            assert hello.stdout == "HELLO FROM A SCRIPT\nargs: x\n", hello.stderr
+            sbang = subprocess.run([image, "say-sbang"], capture_output=True, text=True,
+                                   env=env)
+            assert sbang.stdout == "via sbang\nargs:\n", sbang.stderr
+
+
+def test_glibc_requirement_is_read_from_symbol_versions(tmp_path):
+    # A stand-in libc.so.6 defining GLIBC_2.99, and a library that uses it.
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (tmp_path / "v.map").write_text("GLIBC_2.99 { global: fake_new; local: *; };\n")
+    cc(str(stub / "libc.so.6"), "int fake_new(void) { return 0; }", "-shared", "-fPIC",
+       "-nostdlib", "-Wl,-soname,libc.so.6", f"-Wl,--version-script={tmp_path / 'v.map'}")
+    user = cc(str(tmp_path / "libuser.so"), "int fake_new(void); int f(void) { return fake_new(); }",
+              "-shared", "-fPIC", "-nostdlib", str(stub / "libc.so.6"))
+    assert closure.glibc_requirement([user]) == "2.99"
+    assert closure.glibc_requirement(["/bin/true"]).startswith("2.")
+
+
+def test_apprun_refuses_a_host_glibc_older_than_needed(tmp_path):
+    appdir = tmp_path / "AppDir"
+    (appdir / "bin").mkdir(parents=True)
+    os.symlink("/bin/true", appdir / "bin" / "true")
+    apprun.write_table(str(appdir), [apprun.EntryPoint("true", "bin/true")], None, ["bin"],
+                       glibc="2.99")
+    shutil.copy(apprun.build(), appdir / "AppRun")
+    result = subprocess.run([appdir / "AppRun"], capture_output=True, text=True,
+                            env=dict(os.environ, APPIMAGE="/x/old.app"))
+    assert result.returncode == 127
+    assert result.stderr.startswith("old.app: needs glibc 2.99 or newer, this host has 2.")
+    apprun.write_table(str(appdir), [apprun.EntryPoint("true", "bin/true")], None, ["bin"],
+                       glibc="2.2")
+    assert subprocess.run([appdir / "AppRun"]).returncode == 0
