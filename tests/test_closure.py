@@ -144,6 +144,9 @@ def test_incompatible_machine_is_skipped(tree):
         tree / "b" / "libb.so"
     )
     assert run(exe) == "b"
+    os.remove(tree / "b" / "libb.so")  # only the foreign one is left: an error
+    with pytest.raises(ClosureError, match="cannot find libb.so"):
+        resolve(tree, exe)
 
 
 def test_system_directories_come_last_and_nodeflib_skips_them(tree):

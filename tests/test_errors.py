@@ -13,9 +13,9 @@ from spack.extensions.appimage.errors import AuditError, ToolError
 from spack.extensions.appimage.policy import DEFAULT_POLICY
 
 
-def fails(site, *args, env=None, cwd=None, code=1):
-    """Run `spack appimage`, expect failure; return the error line."""
-    result = site("appimage", *args, env=env, cwd=cwd, check=False)
+def fails(site, *args, env=None, cwd=None, code=1, spack_options=()):
+    """Run `spack [spack_options] appimage ARGS`, expect failure; return the error line."""
+    result = site(*spack_options, "appimage", *args, env=env, cwd=cwd, check=False)
     assert result.returncode == code, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "Error:" in line]

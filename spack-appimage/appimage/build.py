@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import spack.llnl.util.tty as tty
 
 from . import apprun, assemble, closure, entries, extras, relocate, runtime, squashfs, stage
-from .errors import EntryError, OutputError
+from .errors import EntryError, Interrupted, OutputError
 from . import policy as host_policy
 
 
@@ -74,7 +74,10 @@ def _interrupt_on_terminate() -> Iterator[None]:
     partial output) when a batch system or a user ends the build."""
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Interrupted(
+            f"terminated by {signal.Signals(signum).name}",
+            "the partial image and the temporary files were removed",
+        )
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

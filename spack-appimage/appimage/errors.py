@@ -40,3 +40,7 @@ class ToolError(AppImageError):
 
 class OutputError(AppImageError):
     """The output path cannot be written, or the runtime file is not usable."""
+
+
+class Interrupted(AppImageError):
+    """SIGTERM ended the build (SIGINT is Spack's KeyboardInterrupt)."""
