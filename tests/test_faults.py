@@ -231,3 +231,22 @@ def test_64_simultaneous_extractions_into_distinct_directories(load_image, tmp_p
     for d in dirs:
         assert (d / "squashfs-root" / "AppRun").is_file()
     assert not _mounts(load_image)
+
+
+def test_unreadable_file(site, clean):
+    """As root, without the capabilities that let root read anything."""
+    [greeting] = [os.path.join(r, "greeting.txt") for r, _, f in os.walk(site.store)
+                  if "greeting.txt" in f]
+    os.chmod(greeting, 0)
+    try:
+        result = subprocess.run(
+            [shutil.which("setpriv"), "--bounding-set", "-dac_override,-dac_read_search",
+             "spack", "-e", site.env, "appimage", "-o", str(clean), *ENTRY],
+            env=site.env_vars, capture_output=True, text=True, cwd=site.root,
+        )
+    finally:
+        os.chmod(greeting, 0o644)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"Error: cannot read {greeting}: Permission denied; make the file readable by " \
+           "you, or reinstall the spec that owns it" in result.stderr

@@ -192,7 +192,11 @@ class Planner:
                     if self._skip_link_or_excluded(path, os.path.join(rel_root, name),
                                                    staged_prefixes):
                         continue
-                    if read_elf(path) is None:
+                    try:
+                        is_elf = read_elf(path) is not None
+                    except PermissionError as e:
+                        raise unreadable(path, e) from e
+                    if not is_elf:
                         self.plan.files[self.layout.dest(path)] = path
 
     def _skip_link_or_excluded(self, path, rel_path, staged_prefixes) -> bool:
@@ -214,6 +218,13 @@ class Planner:
         return True
 
 
+def unreadable(path: str, error: OSError) -> AppImageError:
+    return AppImageError(
+        f"cannot read {path}: {error.strerror}",
+        "make the file readable by you, or reinstall the spec that owns it",
+    )
+
+
 def materialize(plan: Plan, appdir: str) -> None:
     """Write ``plan`` into the (existing, empty) directory ``appdir``."""
     for dest, src in sorted(plan.files.items()):
@@ -223,10 +234,7 @@ def materialize(plan: Plan, appdir: str) -> None:
             shutil.copyfile(src, target, follow_symlinks=True)
             mode = os.stat(src).st_mode
         except PermissionError as e:
-            raise AppImageError(
-                f"cannot read {src}: {e.strerror}",
-                "make the file readable by you, or reinstall the spec that owns it",
-            ) from e
+            raise unreadable(src, e) from e
         os.chmod(target, 0o755 if mode & 0o111 else 0o644)
     for dest, link_target in sorted(plan.links.items()):
         target = os.path.join(appdir, dest)
