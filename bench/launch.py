@@ -20,6 +20,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# Spack in this process, with user config and cache of the benchmarks' own.
+_SCRATCH = os.path.join(tempfile.gettempdir(), "spack-appimage-bench-spack")
+os.environ.setdefault("SPACK_USER_CONFIG_PATH", os.path.join(_SCRATCH, "config"))
+os.environ.setdefault("SPACK_USER_CACHE_PATH", os.path.join(_SCRATCH, "cache"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.realpath(shutil.which("spack") or sys.exit("spack is not on PATH")))), "lib", "spack"))
 import spack.extensions  # noqa: E402
@@ -62,10 +66,8 @@ def wall(command, env, n):
     return elapsed
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args()
+def measure(repeat):
+    """{configuration: {simultaneous launches: median ms}}, all measured interleaved."""
     work = tempfile.mkdtemp(prefix="bench-launch-")
     try:
         native, image = trivial_image(work, "joined")
@@ -78,32 +80,37 @@ def main():
             "extract, warm cache": ([image], dict(base, APPIMAGE_EXTRACT_AND_RUN="1",
                                                  NO_CLEANUP="1")),
         }
-        # Warm-up: build the extraction cache.
-        wall(*configs["extract, warm cache"], 1)
-        # A holder keeps the shared mount alive for the "joined" configuration.
-        holder = subprocess.Popen([image], env=dict(base, APPIMAGE_IDLE_MS="600000"))
-        holder.wait()
+        wall(*configs["extract, warm cache"], 1)  # builds the extraction cache
+        # The first launch starts a server that a long idle time keeps for the others.
+        subprocess.run([image], env=dict(base, APPIMAGE_IDLE_MS="600000"), check=True)
         results = {(name, n): [] for name in configs for n in (1, 8, 64)}
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             for n in (1, 8, 64):
                 for name, (command, env) in configs.items():
                     if name == "fuse, new mount":
                         time.sleep(0.1)  # let the previous mount go
                     results[(name, n)].append(wall(command, env, n))
-        print(f"{'configuration':22} {'n':>3} {'median ms':>10} {'- native ms':>12} "
-              f"{'x native':>9} {'x one':>7}")
-        for (name, n), times in results.items():
-            median = statistics.median(times) * 1000
-            native_ms = statistics.median(results[("native", n)]) * 1000
-            one = statistics.median(results[(name, 1)]) * 1000
-            print(f"{name:22} {n:>3} {median:>10.2f} {median - native_ms:>12.2f} "
-                  f"{median / native_ms:>9.2f} {median / one:>7.2f}")
+        return {name: {n: statistics.median(results[(name, n)]) * 1000 for n in (1, 8, 64)}
+                for name in configs}
     finally:
         with open("/proc/self/mountinfo") as f:
             points = [line.split()[4] for line in f if work in line]
         for point in points:
             subprocess.run(["fusermount3", "-u", point], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7)
+    results = measure(parser.parse_args().repeat)
+    print(f"{'configuration':22} {'n':>3} {'median ms':>10} {'- native ms':>12} "
+          f"{'x native':>9} {'x one':>7}")
+    for name, by_n in results.items():
+        for n, ms in by_n.items():
+            native_ms = results["native"][n]
+            print(f"{name:22} {n:>3} {ms:>10.2f} {ms - native_ms:>12.2f} "
+                  f"{ms / native_ms:>9.2f} {ms / by_n[1]:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every failure a user can cause: one `==> Error:` line naming cause and fix, exit 1
 (2 for usage errors), no traceback, and no output file created or clobbered."""
 
+import getpass
 import os
 import shutil
 import subprocess
@@ -24,13 +25,22 @@ def fails(site, *args, env=None, cwd=None, code=1, spack_options=()):
 
 
 @pytest.fixture
-def out(tmp_path):
-    """An output path; the test checks it never appears, and that no temp file is left."""
+def out(site, tmp_path):
+    """An output path; the test checks it never appears, and that no temporary file is
+    left next to it or in TMPDIR."""
     output = tmp_path / "out" / "x.app"
     output.parent.mkdir()
+    (tmp_path / "tmp").mkdir()
+    saved = site.env_vars.get("TMPDIR")
+    site.env_vars["TMPDIR"] = str(tmp_path / "tmp")
     yield output
+    site.env_vars.pop("TMPDIR")
+    if saved is not None:
+        site.env_vars["TMPDIR"] = saved
     assert not output.exists()
-    assert os.listdir(output.parent) == []
+    # ($TMPDIR/$USER is Spack's own build stage, when a test installs something.)
+    left = [e for e in os.listdir(tmp_path / "tmp") if e != getpass.getuser()]
+    assert os.listdir(output.parent) == [] and left == []
 
 
 @pytest.mark.parametrize(

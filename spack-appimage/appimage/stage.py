@@ -96,6 +96,16 @@ class Layout:
             prefix = os.path.realpath(spec.prefix)
             self._by_prefix.setdefault(prefix, Owner(owner_label(spec), prefix, spec))
 
+    @classmethod
+    def of_prefixes(cls, prefixes: Dict[str, str]) -> "Layout":
+        """A layout of plain ``label -> prefix`` directories, for trees that are not Spack
+        installations (the benchmarks' generated store)."""
+        layout = cls([])
+        for label, prefix in prefixes.items():
+            real = os.path.realpath(prefix)
+            layout._by_prefix[real] = Owner(label, real)
+        return layout
+
     def owner(self, path: str) -> Owner:
         directory = path
         while True:
