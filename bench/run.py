@@ -155,11 +155,15 @@ class Site:
                               capture_output=True, text=True, check=True)
 
     def prefixes(self):
-        script = ("import spack.environment as ev, spack.traverse as t, spack.deptypes as dt\n"
-                  "e = ev.active_environment()\n"
-                  "for s in t.traverse_nodes(e.concrete_roots(), deptype=dt.LINK | dt.RUN, "
-                  "key=t.by_dag_hash):\n    print(s.prefix) if not s.external else None\n")
-        return self.spack("python", "-c", script).stdout.split()
+        """Install prefixes of the environment's link/run nodes (externals excepted)."""
+        script = os.path.join(self.root, "prefixes.py")
+        with open(script, "w") as f:
+            f.write("import spack.deptypes as dt\nimport spack.environment as ev\n"
+                    "import spack.traverse as t\n"
+                    "roots = ev.active_environment().concrete_roots()\n"
+                    "for s in t.traverse_nodes(roots, deptype=dt.LINK | dt.RUN, "
+                    "key=t.by_dag_hash):\n    if not s.external:\n        print(s.prefix)\n")
+        return self.spack("python", script).stdout.split()
 
 
 def squashfs_bytes(directory, compression, work):
@@ -235,7 +239,7 @@ def size_benchmark(work, repeat):
 
 
 def fuse_server_peak_rss_mb(work):
-    native, image = launch.trivial_image(os.path.join(work, "rss"), "rss")
+    native, image = launch.trivial_image(tempfile.mkdtemp(dir=work), "rss")
     processes = [subprocess.Popen([image], env=dict(os.environ, APPIMAGE_IDLE_MS="3000"))
                  for _ in range(64)]
     [p.wait() for p in processes]

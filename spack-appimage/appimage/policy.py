@@ -12,7 +12,9 @@ here, because a program built by a newer gcc than the host's needs its own libst
 """
 
 import fnmatch
+import functools
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Tuple
 
@@ -60,6 +62,12 @@ GPU_DRIVERS = (
 )
 
 
+@functools.lru_cache(maxsize=None)
+def _regex(patterns: Tuple[str, ...]) -> "re.Pattern":
+    """One compiled regex for a tuple of fnmatch patterns (the closure asks per NEEDED)."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)")
+
+
 @dataclass(frozen=True)
 class HostRule:
     """Libraries whose names match ``patterns`` come from the host, for ``reason``."""
@@ -68,7 +76,7 @@ class HostRule:
     patterns: Tuple[str, ...]
 
     def matches(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.patterns)
+        return bool(_regex(self.patterns).match(name))
 
 
 #: Never bundled, whatever the flags say.
@@ -113,7 +121,7 @@ class HostPolicy:
         return any(rule.matches(name) for rule in ALWAYS)
 
     def _bundled(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.bundle)
+        return bool(self.bundle) and bool(_regex(self.bundle).match(name))
 
     @property
     def patterns(self) -> Sequence[str]:
