@@ -2,14 +2,17 @@
 
 The pipeline runs one stage per module, each taking and returning plain data:
 
-    entries   which executables of the environment the image runs
+    entries   which programs (or scripts) of the environment the image runs
     closure   which shared libraries they load, resolved the way glibc's ld.so does
-    policy    which of those stay on the host (glibc family, vdso)
+    policy    which of those stay on the host (glibc family, GPU drivers, externals)
+    extras    what the closure cannot see: --include files and plugin rules
     stage     an AppDir with one directory per spec, holding only what is needed
     relocate  $ORIGIN-relative DT_RPATHs, then an audit of the whole AppDir
-    apprun    the compiled dispatcher at the AppDir root
+    apprun    the compiled dispatcher at the AppDir root and its entry table
     squashfs  mksquashfs of the AppDir
     assemble  runtime + squashfs, written atomically to the output path
 
-``build`` runs them in order; ``cmd/appimage.py`` only parses arguments.
+``runtime`` and ``toolchain`` build the C programs (runtime, AppRun) and cache them;
+``settings`` reads ``config:appimage``; ``build`` runs the stages in order;
+``cmd/appimage.py`` only parses arguments.
 """

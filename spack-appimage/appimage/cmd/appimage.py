@@ -15,8 +15,10 @@ section = "environments"
 level = "long"
 
 epilog = """examples:
-  spack -e sirius appimage --entry sirius.scf --entry atom --runtime runtime-x86_64
+  spack -e sirius appimage --entry sirius.scf --entry atom
       -> sirius.app; run ./sirius.app sirius.scf ARGS, or ln -s sirius.app atom; ./atom ARGS
+  spack -e myenv appimage --entry mpi-app --include 'mypkg:lib/plugins/*.so'
+      (an external MPI stays on the host; dlopen'ed plugins come along)
   spack -e myenv appimage --entry tool=mypkg@2.1 -o tool.app   (tool of one spec)
   spack -e myenv appimage --entry libexec/helper --dry-run     (show what would be bundled)
 """
@@ -42,7 +44,8 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
     )
     subparser.add_argument(
         "--runtime", metavar="FILE",
-        help="AppImage type-2 runtime to put in front (default: config:appimage:runtime)",
+        help="AppImage type-2 runtime to put in front (default: config:appimage:runtime, "
+        "else the project's own, built on first use)",
     )
     subparser.add_argument(
         "--compression", choices=COMPRESSIONS,
