@@ -7,6 +7,7 @@ limit which host glibc the image runs on.
 """
 
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -60,6 +61,28 @@ def write_table(
     os.makedirs(os.path.join(appdir, os.path.dirname(TABLE)), exist_ok=True)
     with open(os.path.join(appdir, TABLE), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def install(appdir: str, entries: Sequence, layout, libraries, policy, default: Optional[str]):
+    """AppRun and its table in ``appdir``: the entries, the bin directories put first in
+    PATH, the glibc the bundled files need, and each entry's host libraries (minus the
+    glibc family, which every host has)."""
+    from .closure import glibc_requirement
+
+    points = [EntryPoint.of(e, layout) for e in entries]
+    bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
+    host_libs = [
+        (entry.name, name, why)
+        for entry in entries
+        for name, why in sorted(
+            libraries.host_requirements(os.path.realpath(entry.program)).items())
+        if not policy.always_there(name)
+    ]
+    write_table(appdir, points, default, bin_dirs, glibc_requirement(libraries.objects),
+                host_libs)
+    target = os.path.join(appdir, "AppRun")
+    shutil.copyfile(build(), target)
+    os.chmod(target, 0o755)
 
 
 def build() -> str:

@@ -191,20 +191,7 @@ def run(env, options: Options) -> Result:
             with progress.stage("relocate", "relocate: $ORIGIN-relative RPATHs"):
                 relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
             with progress.stage("apprun", "apprun: entry table and dispatcher"):
-                points = [apprun.EntryPoint.of(e, layout) for e in found]
-                bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
-                host_libs = [
-                    (entry.name, name, why)
-                    for entry in found
-                    for name, why in sorted(libraries.host_requirements(
-                        os.path.realpath(entry.program)).items())
-                    if not policy.always_there(name)
-                ]
-                glibc = closure.glibc_requirement(libraries.objects)
-                apprun.write_table(appdir, points, options.default_entry, bin_dirs, glibc,
-                                   host_libs)
-                shutil.copyfile(apprun.build(), os.path.join(appdir, "AppRun"))
-                os.chmod(os.path.join(appdir, "AppRun"), 0o755)
+                apprun.install(appdir, found, layout, libraries, policy, options.default_entry)
             with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
                 host = list(policy.patterns) + list(libraries.host_requirements())
                 relocate.audit(appdir, host, [spack.store.STORE.root])
