@@ -111,6 +111,11 @@ def test_sigkill_during_assembly_never_leaves_a_partial_output(site, tmp_path):
             break
     process.wait()
     assert output.read_text() == "previous image"
+    left = [n for n in os.listdir(tmp_path) if n != "x.app"]
+    assert all(n.startswith(".x.app.tmp-") for n in left)
+    # The next build of that output removes what the killed one left.
+    site("appimage", "-o", str(output), "--force", *ENTRY, env=site.env)
+    assert os.listdir(tmp_path) == ["x.app"]
 
 
 def test_no_build_secret_in_the_image(site, tmp_path):

@@ -74,9 +74,14 @@ def check_output(output: str, force: bool) -> None:
 
 @contextmanager
 def output_file(output: str, force: bool) -> Iterator[str]:
-    """Yield a temporary path next to ``output``; on success it becomes ``output``."""
+    """Yield a temporary path next to ``output``; on success it becomes ``output``.
+
+    The temporary's name carries the builder's PID, so the next build of the same output
+    removes what a killed build (SIGKILL, a lost node) left."""
     output = os.path.abspath(output)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=f".{os.path.basename(output)}.")
+    prefix = f".{os.path.basename(output)}.tmp-"
+    _remove_orphans(os.path.dirname(output), prefix)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=f"{prefix}{os.getpid()}-")
     os.close(fd)
     try:
         yield tmp
@@ -96,6 +101,18 @@ def write_runtime(runtime: str, target: str) -> None:
     """Copy the runtime over the first bytes of ``target``, left free by mksquashfs."""
     with open(runtime, "rb") as src, open(target, "rb+") as f:
         f.write(src.read())
+
+
+def _remove_orphans(directory: str, prefix: str) -> None:
+    for name in os.listdir(directory):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass  # another build got there first
 
 
 def _link_without_replacing(tmp: str, output: str) -> None:
