@@ -71,9 +71,7 @@ def pipeline(store, program, work, compression="zstd"):
         with timed(seconds, "relocate"):
             relocate.relocate(appdir, relocate.rpaths_for(found, layout))
         with timed(seconds, "apprun"):
-            point = apprun.EntryPoint(entry.name, layout.dest(program))
-            apprun.write_table(appdir, [point], None, [os.path.dirname(point.path)])
-            shutil.copy(apprun.build(), os.path.join(appdir, "AppRun"))
+            apprun.install(appdir, [entry], layout, found, policy.DEFAULT_POLICY, None)
         with timed(seconds, "audit"):
             relocate.audit(appdir, policy.DEFAULT_POLICY.patterns, [store])
         image = os.path.join(work, "tree.app")

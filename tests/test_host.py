@@ -139,8 +139,25 @@ def test_glibc_requirement_is_read_from_symbol_versions(tmp_path):
        "-nostdlib", "-Wl,-soname,libc.so.6", f"-Wl,--version-script={tmp_path / 'v.map'}")
     user = cc(str(tmp_path / "libuser.so"), "int fake_new(void); int f(void) { return fake_new(); }",
               "-shared", "-fPIC", "-nostdlib", str(stub / "libc.so.6"))
-    assert closure.glibc_requirement([user]) == "2.99"
-    assert closure.glibc_requirement(["/bin/true"]).startswith("2.")
+    assert closure.glibc_requirement([closure.read_elf(user)]) == "2.99"
+    # The dynamic-array reader agrees with pyelftools, on this and on the host's programs.
+    for path in [user, "/bin/true", "/usr/bin/python3", *glob.glob("/usr/lib/x86_64-linux-gnu/libstdc++.so.6")]:
+        with open(os.path.realpath(path), "rb") as f:
+            assert closure.read_elf(path).glibc == closure._read_with_pyelftools(path, f).glibc
+    assert closure.read_elf("/bin/true").glibc >= (2, 2)
+
+
+def test_apprun_puts_the_bundled_bin_directories_first_in_path(tmp_path):
+    appdir = tmp_path / "AppDir"
+    (appdir / "opt" / "a" / "bin").mkdir(parents=True)
+    os.symlink(shutil.which("env"), appdir / "opt" / "a" / "bin" / "env")
+    point = apprun.EntryPoint("env", "opt/a/bin/env")
+    apprun.write_table(str(appdir), [point], None, ["opt/a/bin", "opt/b/bin"])
+    shutil.copy(apprun.build(), appdir / "AppRun")
+    result = subprocess.run([appdir / "AppRun"], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    [path] = [line for line in result.stdout.splitlines() if line.startswith("PATH=")]
+    assert path == f"PATH={appdir}/opt/a/bin:{appdir}/opt/b/bin:/usr/bin:/bin"
 
 
 def test_apprun_refuses_a_host_glibc_older_than_needed(tmp_path):

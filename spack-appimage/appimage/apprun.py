@@ -78,7 +78,7 @@ def install(appdir: str, entries: Sequence, layout, libraries, policy, default: 
             libraries.host_requirements(os.path.realpath(entry.program)).items())
         if not policy.always_there(name)
     ]
-    write_table(appdir, points, default, bin_dirs, glibc_requirement(libraries.objects),
+    write_table(appdir, points, default, bin_dirs, glibc_requirement(libraries.objects.values()),
                 host_libs)
     target = os.path.join(appdir, "AppRun")
     shutil.copyfile(build(), target)

@@ -51,6 +51,7 @@ class Result:
     closure: closure.Closure
     plan: stage.Plan
     timings: Dict[str, float] = field(default_factory=dict)
+    included: List[extras.Included] = field(default_factory=list)
 
 
 class _Progress:
@@ -179,7 +180,7 @@ def run(env, options: Options) -> Result:
         with progress.stage("plan", "plan: what the AppDir holds"):
             plan = stage.plan(found, libraries, layout, [i.path for i in included],
                               stage.DataRules(tuple(options.exclude), tuple(options.keep)))
-        result = Result(None, found, libraries, plan, progress.timings)
+        result = Result(None, found, libraries, plan, progress.timings, included)
         if options.dry_run:
             with progress.stage("report", "dry run: nothing written"):
                 report(result, layout)
@@ -218,11 +219,17 @@ def _tree_bytes(root: str) -> int:
 
 
 def report(result: Result, layout: stage.Layout) -> None:
-    """What the image would hold: entries, libraries and their owners, host needs."""
+    """What the image would hold: per entry the libraries it loads (where each goes and how
+    the loader found it), included files, bytes per spec, host needs."""
     for entry in result.entries:
         print(f"{entry.name}  ({entry.spec.cformat('{name}{@version}{/hash:7}')}: {entry.path})")
-    for real_path in result.closure.libraries():
-        print(f"  {layout.dest(real_path)}")
+        for path in result.closure.reachable(os.path.realpath(entry.program)):
+            for link in result.closure.links.get(path, {}).values():
+                if not link.host_reason:
+                    print(f"  {link.needed:30} {layout.dest(link.real_path)}  "
+                          f"[{link.found_via}]")
+    for item in result.included:
+        print(f"included {layout.dest(item.path)}  [{item.reason}]")
     print("bundled bytes per spec:")
     for label, size in sorted(result.plan.bytes_by_owner().items()):
         print(f"  {label:50} {size:>12,}")

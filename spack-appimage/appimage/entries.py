@@ -64,7 +64,8 @@ def link_run_nodes(env) -> List:
             f"run `spack -e {env.name} concretize` and `spack -e {env.name} install`, or "
             "pass --install",
         )
-    pending = [s for s in env.user_specs if s not in dict(env.concretized_specs())]
+    concretized = dict(env.concretized_specs())
+    pending = [s for s in env.user_specs if s not in concretized]
     if pending:
         raise EnvironmentNotReady(
             f"environment {env.name} has specs that are not concretized: "

@@ -42,5 +42,13 @@ class OutputError(AppImageError):
     """The output path cannot be written, or the runtime file is not usable."""
 
 
+def unreadable(path: str, error: OSError) -> AppImageError:
+    """A file of the environment that this user cannot read."""
+    return AppImageError(
+        f"cannot read {path}: {error.strerror}",
+        "make the file readable by you, or reinstall the spec that owns it",
+    )
+
+
 class Interrupted(AppImageError):
     """SIGTERM ended the build (SIGINT is Spack's KeyboardInterrupt)."""

@@ -89,7 +89,9 @@ def _pkg_config(modules, extra_path: List[str]) -> Tuple[List[str], List[str]]:
 
 
 def _default_lib_dirs() -> List[str]:
-    out = subprocess.run(["gcc", "-print-search-dirs"], capture_output=True, text=True).stdout
+    """Where the compiler's linker looks for ``-lname`` by default."""
+    out = subprocess.run([toolchain.c_compiler(), "-print-search-dirs"], capture_output=True,
+                         text=True).stdout
     match = re.search(r"^libraries: =(.*)$", out, re.MULTILINE)
     return [os.path.normpath(d) for d in match.group(1).split(":")] if match else []
 

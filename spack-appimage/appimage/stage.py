@@ -32,7 +32,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .errors import AppImageError
+from .errors import AppImageError, unreadable
 
 #: Directories of a prefix whose data files are bundled.
 DATA_TREES = ("share", "etc")
@@ -226,13 +226,6 @@ class Planner:
                 self.layout.dest(target), os.path.dirname(dest)
             )
         return True
-
-
-def unreadable(path: str, error: OSError) -> AppImageError:
-    return AppImageError(
-        f"cannot read {path}: {error.strerror}",
-        "make the file readable by you, or reinstall the spec that owns it",
-    )
 
 
 def materialize(plan: Plan, appdir: str) -> None:
