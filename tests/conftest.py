@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 
 import pytest
 
@@ -50,10 +51,28 @@ SPACK_MISSING = (
     "spack is not on PATH: run ../shared/setup-spack SPACK_GIT PACKAGES_GIT (see README, 'Tests')"
 )
 
+#: Spack's misc cache (repository indexes), shared with the user's Spack: the test scopes
+#: are otherwise isolated, but rebuilding the tag index of the ~8,000 builtin packages
+#: (which every compiler lookup needs) costs about two minutes per scope. The indexes are
+#: keyed by the repositories' state, so sharing them is safe.
+MISC_CACHE = os.path.join(
+    os.environ.get("SPACK_USER_CACHE_PATH") or os.path.expanduser("~/.spack"), "cache")
+
+
+def _user_config(directory: str, **entries: str) -> str:
+    """A user config scope in ``directory`` with the shared misc cache and ``entries``."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.yaml"), "w") as f:
+        f.write(f"config:\n  misc_cache: {MISC_CACHE}\n")
+        for key, value in entries.items():
+            f.write(f"  {key}:{value}\n")
+    return directory
+
+
 # Import Spack and the extension into this interpreter, as `spack python` would, with
 # user config and cache scopes of its own (the compilers come from Spack's own scopes).
 _IN_PROCESS = tempfile.mkdtemp(prefix="spack-appimage-tests-")
-os.environ["SPACK_USER_CONFIG_PATH"] = os.path.join(_IN_PROCESS, "config")
+os.environ["SPACK_USER_CONFIG_PATH"] = _user_config(os.path.join(_IN_PROCESS, "config"))
 os.environ["SPACK_USER_CACHE_PATH"] = os.path.join(_IN_PROCESS, "cache")
 atexit.register(shutil.rmtree, _IN_PROCESS, ignore_errors=True)
 _SPACK_BIN = shutil.which("spack")
@@ -72,6 +91,20 @@ except ImportError:
 def pytest_collection_modifyitems(session, config, items):
     if spack is None:
         pytest.exit(SPACK_MISSING, returncode=1)
+
+
+def wait_for_line(process, text: str, seconds: float = 60) -> str:
+    """The first line of ``process.stdout`` containing ``text``. A process that does not
+    print it within ``seconds`` is killed and the test fails, instead of hanging."""
+    timer = threading.Timer(seconds, process.kill)
+    timer.start()
+    try:
+        for line in process.stdout:
+            if text in line:
+                return line
+    finally:
+        timer.cancel()
+    pytest.fail(f"{process.args} printed no line with {text!r} (waited up to {seconds}s)")
 
 
 def cc(out: str, source: str, *flags: str) -> str:
@@ -123,13 +156,11 @@ class Spack:
 def site(tmp_path_factory):
     """Spack with the test packages installed in a session-wide temporary store."""
     root = str(tmp_path_factory.mktemp("site"))
-    config = os.path.join(root, "config")
-    os.makedirs(config)
-    with open(os.path.join(config, "config.yaml"), "w") as f:
-        f.write(
-            f"config:\n  install_tree:\n    root: {root}/store\n"
-            f"  extensions:\n  - {EXTENSION}\n"
-        )
+    config = _user_config(
+        os.path.join(root, "config"),
+        install_tree=f"\n    root: {root}/store",
+        extensions=f"\n  - {EXTENSION}",
+    )
     with open(os.path.join(config, "repos.yaml"), "w") as f:
         f.write(f"repos:\n  appimage_test: {TEST_REPO}\n")
     with open(os.path.join(config, "packages.yaml"), "w") as f:

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import cc
+from conftest import cc, wait_for_line
 from elftools.elf.elffile import ELFFile
 
 from spack.extensions.appimage import assemble, runtime, squashfs
@@ -250,12 +250,13 @@ def test_signals_reach_the_app(image, mode, sig):
     environment = dict(os.environ, **MODES[mode])
     process = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True,
                                env=environment)
-    for line in process.stdout:
-        if line == "ready\n":
-            break
+    wait_for_line(process, "ready")
     process.send_signal(sig)
-    rest = process.stdout.read()
-    assert process.wait(timeout=10) == 99
+    try:
+        rest, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 99
     assert f"got signal {int(sig)}" in rest
 
 
@@ -296,9 +297,7 @@ def test_one_mount_for_simultaneous_launches(image):
     second = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True)
     try:
         for process in (first, second):
-            for line in process.stdout:
-                if line == "ready\n":
-                    break
+            wait_for_line(process, "ready")
         [mount] = mounts_of(image)
         assert "allow_other" not in mount and "allow_root" not in mount
     finally:
@@ -310,9 +309,7 @@ def test_one_mount_for_simultaneous_launches(image):
 
 def test_killed_server_leaves_no_mount(image):
     process = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line == "ready\n":
-            break
+    wait_for_line(process, "ready")
     server = subprocess.run(["pgrep", "-f", "-x", f"{image} wait"], capture_output=True,
                             text=True)
     for pid in server.stdout.split():

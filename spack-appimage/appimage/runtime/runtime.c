@@ -20,7 +20,8 @@
  *    only when no process uses it (shared/exclusive locks), and kept with NO_CLEANUP;
  *  - in extract mode the app is a child: INT, TERM, HUP, QUIT, USR1, USR2 and CONT are
  *    forwarded, the exit status passes through, death by signal N exits with 128+N;
- *  - OWD is set in every mode; --appimage-doctor reports what this host allows.
+ *  - OWD is set in every mode; --appimage-doctor reports what this host allows;
+ *    --appimage-manifest prints the provenance manifest straight from the squashfs.
  *
  * Runtime failures print "<program>: <message>" on stderr and exit with 127.
  */
@@ -62,6 +63,8 @@
 #define EXIT_RUNTIME 127
 #define FUSE_SUPER_MAGIC 0x65735546
 #define IDLE_MS_DEFAULT 500
+/* Written by `spack appimage` (manifest.py). */
+#define MANIFEST ".appimage/manifest.json"
 
 /* Sections that AppImage tools fill in place (sizes fixed by the format), and the
    image ID that `spack appimage` writes at assembly: "<hex id> <unpacked bytes>". */
@@ -724,19 +727,30 @@ static int run_extracted(const struct image *img, char **argv, const char *owd) 
     set_app_environment(img, root, argv0, owd);
     int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
     struct sigaction sa = {.sa_sigaction = forward, .sa_flags = SA_SIGINFO | SA_RESTART};
+    sigset_t forwarded, previous;
     sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &sa, NULL);
+    sigemptyset(&forwarded);
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) {
+        sigaction(sigs[i], &sa, NULL);
+        sigaddset(&forwarded, sigs[i]);
+    }
     signal(SIGCHLD, SIG_DFL); /* an inherited SIG_IGN would make waitpid lose the status */
-    child = fork();
-    if (child < 0) die("fork: %s", strerror(errno));
-    if (child == 0) {
+    /* Blocked across fork: a signal delivered on fork's return, before `child` is
+       stored, would otherwise be dropped while the app already runs. */
+    sigprocmask(SIG_BLOCK, &forwarded, &previous);
+    pid_t pid = fork();
+    if (pid < 0) die("fork: %s", strerror(errno));
+    if (pid == 0) {
         struct sigaction dfl = {.sa_handler = SIG_DFL};
         for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &dfl, NULL);
+        sigprocmask(SIG_SETMASK, &previous, NULL);
         fcntl(users, F_SETFD, 0); /* the app and its children keep the tree in use */
         execv(apprun, argv);
         fprintf(stderr, "%s: cannot run %s: %s\n", prog, apprun, strerror(errno));
         _exit(EXIT_RUNTIME);
     }
+    child = pid;
+    sigprocmask(SIG_SETMASK, &previous, NULL);
     int status;
     while (waitpid(child, &status, 0) < 0)
         if (errno != EINTR) die("waitpid: %s", strerror(errno));
@@ -744,6 +758,38 @@ static int run_extracted(const struct image *img, char **argv, const char *owd) 
     leave_extraction(dir, root, users);
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
+}
+
+/* Copies the regular file at `path` inside the squashfs to stdout, without a mount:
+   how --appimage-manifest shows the provenance manifest. */
+static int print_file(const struct image *img, const char *path) {
+    sqfs fs;
+    if (sqfs_open_image(&fs, img->path, img->offset)) {
+        fprintf(stderr, "%s: cannot open the squashfs of %s\n", prog, img->path);
+        return 1;
+    }
+    sqfs_inode inode;
+    bool found = false;
+    int rc = 0;
+    if (sqfs_inode_get(&fs, &inode, sqfs_inode_root(&fs)) ||
+        sqfs_lookup_path(&fs, &inode, path, &found) || !found ||
+        !S_ISREG(inode.base.mode)) {
+        fprintf(stderr, "%s: no %s in the image (not built by spack appimage?)\n", prog, path);
+        rc = 1;
+    } else {
+        static char buf[1 << 16];
+        off_t size = inode.xtra.reg.file_size;
+        for (off_t pos = 0; pos < size && rc == 0;) {
+            sqfs_off_t n = size - pos < (off_t)sizeof buf ? size - pos : (off_t)sizeof buf;
+            if (sqfs_read_range(&fs, &inode, pos, &n, buf) || fwrite(buf, 1, n, stdout) != (size_t)n)
+                rc = 1;
+            pos += n;
+        }
+        if (rc) fprintf(stderr, "%s: cannot read %s from the image\n", prog, path);
+    }
+    close(fs.fd); /* sqfs_destroy leaves the image's descriptor open */
+    sqfs_destroy(&fs);
+    return rc;
 }
 
 /* ------------------------------------------------------------------- the flags */
@@ -761,7 +807,8 @@ static void help(void) {
         "  --appimage-signature             print the embedded signature\n"
         "  --appimage-portable-home         create <image>.home, used as $HOME from then on\n"
         "  --appimage-portable-config       create <image>.config, used as $XDG_CONFIG_HOME\n"
-        "  --appimage-doctor                report what this host allows (FUSE, directories)\n\n"
+        "  --appimage-doctor                report what this host allows (FUSE, directories)\n"
+        "  --appimage-manifest              print the provenance manifest (JSON) of the image\n\n"
         "Environment: APPIMAGE_EXTRACT_AND_RUN (extract instead of mounting), NO_CLEANUP\n"
         "(keep the extracted copy), TMPDIR (first place to mount or extract), TARGET_APPIMAGE\n"
         "(operate on that file), VERBOSE, APPIMAGE_QUIET (no line when falling back to\n"
@@ -845,6 +892,7 @@ int main(int argc, char **argv) {
         if (!strcmp(arg, "appimage-portable-home")) return portable(&img, "home");
         if (!strcmp(arg, "appimage-portable-config")) return portable(&img, "config");
         if (!strcmp(arg, "appimage-doctor")) return doctor(&img);
+        if (!strcmp(arg, "appimage-manifest")) return print_file(&img, MANIFEST);
         if (!strcmp(arg, "appimage-mount")) {
             char mnt[PATH_MAX], why[PATH_MAX + 64];
             if (join_mount(&img, mnt, sizeof mnt, why, sizeof why) < 0) die("%s", why);
