@@ -156,7 +156,7 @@ def test_system_directories_come_last_and_nodeflib_skips_them(tree):
              f"-Wl,-rpath-link,{tree / 'sys'}")
     result = resolve(tree, exe)
     link = result.links[str(tree / "a" / "liba.so")]["libb.so"]
-    assert (link.load_path, link.found_via) == (str(tree / "sys" / "libb.so"), "system directory")
+    assert (link.load_path, link.found_via) == (str(tree / "sys" / "libb.so"), f"system directory {tree / 'sys'}")
 
     # DF_1_NODEFLIB on the requesting object: libb is not looked for in the system
     # directories. GNU ld ignores -z nodeflib on x86_64, so the flag is set in place.

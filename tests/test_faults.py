@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import pytest
+from conftest import wait_for_line
 from test_errors import fails
 
 ENTRY = ["--entry", "ai-hello=ai-hello"]
@@ -71,8 +72,13 @@ def test_patchelf_missing_and_not_obtainable(site, clean, tmp_path):
     assert "patchelf is needed to rewrite RPATHs and could not be found or bootstrapped" in line
 
 
+#: Progress lines of a build: ``==> [i/STAGES] ...``; the squashfs is written in the
+#: second-to-last stage.
+STAGES = 9
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-@pytest.mark.parametrize("stage", range(1, 9))
+@pytest.mark.parametrize("stage", range(1, STAGES + 1))
 def test_interrupted_at_each_stage(site, clean, sig, stage):
     """The signal is sent as soon as the stage's progress line appears."""
     process = subprocess.Popen(
@@ -80,13 +86,11 @@ def test_interrupted_at_each_stage(site, clean, sig, stage):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(site.env_vars, PYTHONUNBUFFERED="1"), cwd=site.root,
     )
-    for line in process.stdout:
-        if f"[{stage}/8]" in line:
-            process.send_signal(sig)
-            break
+    wait_for_line(process, f"[{stage}/{STAGES}]", seconds=120)
+    process.send_signal(sig)
     _, err = process.communicate(timeout=120)
     if process.returncode == 0:  # the last stage (5 ms) may end before the signal lands
-        assert stage == 8, "the build was not interrupted"
+        assert stage == STAGES, "the build was not interrupted"
         os.remove(clean)
         return
     assert "Traceback" not in err
@@ -106,10 +110,8 @@ def test_sigkill_during_assembly_never_leaves_a_partial_output(site, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env=dict(site.env_vars, PYTHONUNBUFFERED="1"), cwd=site.root,
     )
-    for line in process.stdout:
-        if "[7/8]" in line:
-            process.kill()
-            break
+    wait_for_line(process, f"[{STAGES - 1}/{STAGES}]", seconds=120)
+    process.kill()
     process.wait()
     assert output.read_text() == "previous image"
     left = [n for n in os.listdir(tmp_path) if n != "x.app"]
@@ -192,11 +194,13 @@ def test_runtime_refuses_a_directory_another_user_owns(site):
 
 
 def test_two_builds_give_the_same_bytes(site, tmp_path):
+    """The same command twice (the manifest records the command line, output included)."""
     digests = []
-    for name in ("a.app", "b.app"):
-        site("appimage", "-o", str(tmp_path / name), *ENTRY, "--entry", "ai-cxx",
-             env=site.env)
-        digests.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
+    output = tmp_path / "a.app"
+    for _ in range(2):
+        site("appimage", "-o", str(output), *ENTRY, "--entry", "ai-cxx", env=site.env)
+        digests.append(hashlib.sha256(output.read_bytes()).hexdigest())
+        output.unlink()
         time.sleep(1.1)  # a clock that leaked into the image would now differ
     assert digests[0] == digests[1]
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 
-import pytest
 from conftest import cc
 from test_pipeline import store_renamed_away
 

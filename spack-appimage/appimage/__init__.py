@@ -9,10 +9,15 @@ The pipeline runs one stage per module, each taking and returning plain data:
     stage     an AppDir with one directory per spec, holding only what is needed
     relocate  $ORIGIN-relative DT_RPATHs, then an audit of the whole AppDir
     apprun    the compiled dispatcher at the AppDir root and its entry table
+    desktop   the .desktop file and icon that AppImage tools look for
+    manifest  the provenance manifest inside the image, and the CycloneDX SBOM
     squashfs  mksquashfs of the AppDir
     assemble  runtime + squashfs, written atomically to the output path
 
 ``runtime`` and ``toolchain`` build the C programs (runtime, AppRun) and cache them;
 ``settings`` reads ``config:appimage``; ``build`` runs the stages in order;
-``cmd/appimage.py`` only parses arguments.
+``report`` shows a dry run; ``cmd/appimage.py`` only parses arguments.
 """
+
+#: The extension's version (also in pyproject.toml), recorded in every manifest.
+__version__ = "0.1.0"

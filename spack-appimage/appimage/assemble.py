@@ -59,22 +59,26 @@ def check_runtime(path: str) -> None:
         )
 
 
-def check_output(output: str, force: bool) -> None:
-    """Refuse, before any work, an output that cannot or must not be written."""
+def check_output(output: str, force: bool, flag: str = "-o") -> None:
+    """Refuse, before any work, an output (given with ``flag``) that cannot or must not
+    be written."""
     directory = os.path.dirname(os.path.abspath(output))
     if os.path.isdir(output):
-        raise OutputError(f"the output {output} is a directory", "pass a file name with -o")
+        raise OutputError(f"the output {output} is a directory", f"pass a file name with {flag}")
     if os.path.lexists(output) and not force:
-        raise OutputError(f"{output} already exists", "pass --force to replace it, or choose another -o")
+        raise OutputError(f"{output} already exists",
+                          f"pass --force to replace it, or choose another {flag}")
     if not os.path.isdir(directory):
         raise OutputError(f"the output directory {directory} does not exist", "create it first")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputError(f"the output directory {directory} is not writable", "choose another -o")
+        raise OutputError(f"the output directory {directory} is not writable",
+                          f"choose another {flag}")
 
 
 @contextmanager
-def output_file(output: str, force: bool) -> Iterator[str]:
-    """Yield a temporary path next to ``output``; on success it becomes ``output``.
+def output_file(output: str, force: bool, executable: bool = True) -> Iterator[str]:
+    """Yield a temporary path next to ``output``; on success it becomes ``output``
+    (mode 0755, or 0644 when not ``executable``).
 
     The temporary's name carries the builder's PID, so the next build of the same output
     removes what a killed build (SIGKILL, a lost node) left."""
@@ -87,7 +91,7 @@ def output_file(output: str, force: bool) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o755 if executable else 0o644)
         if force:
             os.replace(tmp, output)
         else:

@@ -7,9 +7,11 @@ runs before any file is copied, so a doomed build fails in seconds.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,7 +19,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import spack.llnl.util.tty as tty
 
-from . import apprun, assemble, closure, entries, extras, relocate, runtime, squashfs, stage
+from . import apprun, assemble, closure, desktop, entries, extras, manifest, relocate, report
+from . import runtime, squashfs, stage
 from .errors import EntryError, Interrupted, OutputError
 from . import policy as host_policy
 
@@ -40,6 +43,12 @@ class Options:
     host_libs: Sequence[str] = ()
     bundle_libs: Sequence[str] = ()
     bundle_externals: bool = False
+    #: write a CycloneDX SBOM here
+    sbom: Optional[str] = None
+    #: the dry-run report as JSON
+    json: bool = False
+    #: the command line, recorded in the manifest
+    command: Sequence[str] = ()
 
 
 @dataclass
@@ -52,21 +61,35 @@ class Result:
     plan: stage.Plan
     timings: Dict[str, float] = field(default_factory=dict)
     included: List[extras.Included] = field(default_factory=list)
+    manifest: Optional[dict] = None
+    started: float = field(default_factory=time.perf_counter)
 
 
 class _Progress:
-    """``==> [i/N] stage`` lines, as ``spack install`` prints them, with timings."""
+    """``==> [i/N] stage`` lines, as ``spack install`` prints them, with timings.
 
-    def __init__(self, total: int):
-        self.total, self.done, self.timings = total, 0, {}
+    On a terminal the line of the running stage is redrawn in place with its time when
+    the stage ends; in a log (not a TTY) each line is printed once, without control
+    characters. A stage that prints (``draws``) gets its line printed whole first.
+    ``quiet`` keeps stdout for a machine-readable report."""
+
+    def __init__(self, total: int, quiet: bool = False):
+        self.total, self.done, self.timings, self.quiet = total, 0, {}, quiet
+        self.redraw = sys.stdout.isatty() and tty.msg_enabled() and not tty.is_debug()
 
     @contextlib.contextmanager
-    def stage(self, name: str, what: str) -> Iterator[None]:
+    def stage(self, name: str, what: str, draws: bool = False) -> Iterator[None]:
         self.done += 1
-        tty.msg(f"[{self.done}/{self.total}] {what}")
+        line = f"[{self.done}/{self.total}] {what}"
+        redraw = self.redraw and not draws and not self.quiet
+        if not self.quiet:
+            tty.msg(line + (" ..." if redraw else ""), newline=not redraw)
         start = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - start
+        if redraw:
+            sys.stdout.write("\r\033[K")
+            tty.msg(f"{line} ({self.timings[name]:.1f}s)")
 
 
 @contextlib.contextmanager
@@ -157,6 +180,8 @@ def run(env, options: Options) -> Result:
         nodes = entries.link_run_nodes(env)
         found = entries.find_all(options.entries, nodes)
         _check_default(options, found)
+        if options.sbom:
+            assemble.check_output(options.sbom, options.force, "--sbom")
         if not options.dry_run:
             assemble.check_output(options.output, options.force)
             runtime_file = options.runtime or runtime.build()
@@ -174,7 +199,7 @@ def run(env, options: Options) -> Result:
             nodes, options.host_libs, options.bundle_libs, options.bundle_externals
         )
         layout = stage.Layout(nodes)
-        progress = _Progress(3 if options.dry_run else 8)
+        progress = _Progress(3 if options.dry_run else 9, quiet=options.json)
         with progress.stage("closure", "closure: resolving shared libraries"):
             libraries, included = _closure(found, nodes, layout, policy, options.include)
         with progress.stage("plan", "plan: what the AppDir holds"):
@@ -182,8 +207,11 @@ def run(env, options: Options) -> Result:
                               stage.DataRules(tuple(options.exclude), tuple(options.keep)))
         result = Result(None, found, libraries, plan, progress.timings, included)
         if options.dry_run:
-            with progress.stage("report", "dry run: nothing written"):
-                report(result, layout)
+            with progress.stage("report", "dry run: nothing written", draws=True):
+                data = report.collect(result, layout, policy.always_there)
+                print(report.as_json(data) if options.json else report.text(data))
+            if options.sbom:
+                _write_sbom(options, _manifest(result, layout, options, None))
             return result
 
         with _appdir(options.keep_appdir) as appdir:
@@ -191,24 +219,33 @@ def run(env, options: Options) -> Result:
                 stage.materialize(plan, appdir)
             with progress.stage("relocate", "relocate: $ORIGIN-relative RPATHs"):
                 relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
-            with progress.stage("apprun", "apprun: entry table and dispatcher"):
+            with progress.stage("apprun", "apprun: dispatcher, entry table, desktop file"):
                 apprun.install(appdir, found, layout, libraries, policy, options.default_entry)
+                desktop.write(appdir, image_name(options.output), [e.name for e in found],
+                              options.default_entry or found[0].name)
             with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
                 host = list(policy.patterns) + list(libraries.host_requirements())
                 relocate.audit(appdir, host, [spack.store.STORE.root])
+            with progress.stage("manifest", "manifest: provenance and file hashes"):
+                result.manifest = _manifest(result, layout, options, appdir)
+                manifest.write(appdir, result.manifest)
             with assemble.output_file(options.output, options.force) as partial:
-                with progress.stage("squashfs", f"squashfs: {options.compression}"):
+                show_bar = tty.msg_enabled() and sys.stdout.isatty()
+                with progress.stage("squashfs", f"squashfs: {options.compression}",
+                                    draws=show_bar):
                     squashfs.make(
                         mksquashfs, appdir, partial,
                         offset=os.path.getsize(runtime_file),
                         compression=options.compression,
                         jobs=options.jobs,
-                        progress=tty.msg_enabled() and os.isatty(1),
+                        progress=show_bar,
                     )
                 with progress.stage("assemble", "assemble: runtime + squashfs"):
                     assemble.write_runtime(runtime_file, partial)
                     assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION,
                                             _tree_bytes(appdir))
+        if options.sbom:
+            _write_sbom(options, result.manifest)
         result.output = os.path.abspath(options.output)
         return result
 
@@ -218,26 +255,47 @@ def _tree_bytes(root: str) -> int:
                for f in files)
 
 
-def report(result: Result, layout: stage.Layout) -> None:
-    """What the image would hold: per entry the libraries it loads (where each goes and how
-    the loader found it), included files, bytes per spec, host needs."""
-    for entry in result.entries:
-        print(f"{entry.name}  ({entry.spec.cformat('{name}{@version}{/hash:7}')}: {entry.path})")
-        for path in result.closure.reachable(os.path.realpath(entry.program)):
-            for link in result.closure.links.get(path, {}).values():
-                if not link.host_reason:
-                    print(f"  {link.needed:30} {layout.dest(link.real_path)}  "
-                          f"[{link.found_via}]")
-    for item in result.included:
-        print(f"included {layout.dest(item.path)}  [{item.reason}]")
-    print("bundled bytes per spec:")
-    for label, size in sorted(result.plan.bytes_by_owner().items()):
-        print(f"  {label:50} {size:>12,}")
-    print("from the host:")
-    for name, reason in sorted(result.closure.host_requirements().items()):
-        print(f"  {name:30} {reason}")
-    for path, why in result.plan.skipped:
-        tty.debug(f"left out {path}: {why}")
+def image_name(output: str) -> str:
+    """The image's name for its desktop entry: the output file name without ``.app``."""
+    name = os.path.basename(output)
+    for suffix in (".app", ".AppImage", ".appimage"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _manifest(result: Result, layout, options: Options, appdir: Optional[str]) -> dict:
+    """The manifest of the build; without file records when nothing was staged."""
+    import spack.traverse
+    from .closure import glibc_requirement
+
+    points = [apprun.EntryPoint.of(e, layout) for e in result.entries]
+    owners = {layout.owner(src) for src in result.plan.files.values()}
+    bundled = sorted((o.spec for o in owners if o.is_spec), key=lambda s: s.dag_hash())
+    externals = [
+        spec for spec in spack.traverse.traverse_nodes(
+            [e.spec for e in result.entries], deptype=("link", "run"))
+        if spec.external
+    ]
+    return manifest.build(
+        appdir,
+        points,
+        [e.spec for e in result.entries],
+        bundled,
+        sorted(externals, key=lambda s: s.dag_hash()),
+        result.closure.host_requirements(),
+        glibc_requirement(result.closure.objects.values()),
+        list(options.command),
+    )
+
+
+def _write_sbom(options: Options, image_manifest: dict) -> None:
+    sbom = manifest.cyclonedx(image_manifest, os.path.basename(options.output))
+    with assemble.output_file(options.sbom, options.force, executable=False) as partial:
+        with open(partial, "w") as f:
+            json.dump(sbom, f, indent=2)
+            f.write("\n")
+    tty.msg(f"SBOM (CycloneDX 1.5): {os.path.abspath(options.sbom)}")
 
 
 def describe(result: Result) -> str:
@@ -246,6 +304,6 @@ def describe(result: Result) -> str:
     return (
         f"{result.output}: {size / 2**20:.1f} MiB, entries: "
         f"{', '.join(e.name for e in result.entries)}; {len(specs)} specs, "
-        f"{len(result.plan.files)} files in {sum(result.timings.values()):.1f}s"
+        f"{len(result.plan.files)} files in {time.perf_counter() - result.started:.1f}s"
     )
 

@@ -398,17 +398,17 @@ class Resolver:
             while chain is not None:
                 seen_root |= chain is root
                 for d in chain.rpath_dirs:
-                    yield d, f"RPATH of {chain.real_path}"
+                    yield d, f"RPATH of {os.path.basename(chain.real_path)}: {d}"
                 chain = chain.loader
             if not seen_root:
                 for d in root.rpath_dirs:
-                    yield d, f"RPATH of {root.real_path}"
+                    yield d, f"RPATH of {os.path.basename(root.real_path)}: {d}"
         else:
             for d in current.runpath_dirs:
-                yield d, f"RUNPATH of {current.real_path}"
+                yield d, f"RUNPATH of {os.path.basename(current.real_path)}: {d}"
         if not current.obj.nodeflib:
             for d in self.search.system_dirs:
-                yield d, "system directory"
+                yield d, f"system directory {d}"
 
     def _resolve(self, needed, current, root, by_name, by_real):
         reason = self.policy.reason(os.path.basename(needed))

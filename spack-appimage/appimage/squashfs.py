@@ -10,6 +10,7 @@ at launch slower), files owned by root, no extended attributes, and fixed timest
 
 import os
 import subprocess
+import sys
 from typing import Iterable, Optional
 
 from .errors import ToolError
@@ -91,13 +92,38 @@ def make(
     ]
     if jobs:
         command += ["-processors", str(jobs)]
-    command += [] if progress else ["-no-progress", "-quiet"]
-    result = subprocess.run(command, stdout=None if progress else subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout or "").strip().splitlines()
+    if progress:
+        # Bytes, not text: text mode would turn the bar's carriage returns into newlines.
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = _show_progress_bar(process.stdout, sys.stdout)
+        returncode = process.wait()
+    else:
+        result = subprocess.run(command + ["-no-progress", "-quiet"], capture_output=True,
+                                text=True)
+        output, returncode = result.stderr or result.stdout, result.returncode
+    if returncode != 0:
+        detail = (output or "").strip().splitlines()
         raise ToolError(
-            f"mksquashfs failed (exit {result.returncode}): "
-            + (detail[-1] if detail else "no message"),
+            f"mksquashfs failed (exit {returncode}): " + (detail[-1] if detail else "no message"),
             "check free space and write permission where the output goes",
         )
+
+
+def _show_progress_bar(stream, terminal) -> str:
+    """Copy mksquashfs's progress bar (its ``\\r[===   ] n/m p%`` redraws) to ``terminal``;
+    return the rest (a summary naming the temporary file, or an error) for errors."""
+    rest, in_bar, drawn = [], False, False
+    for byte in iter(lambda: stream.read(1), b""):
+        if byte == b"\r":
+            in_bar = drawn = True
+            terminal.flush()
+        elif byte == b"\n":
+            in_bar = False
+        if in_bar:
+            terminal.write(byte.decode("ascii", "replace"))
+        else:
+            rest.append(byte)
+    if drawn:
+        terminal.write("\n")
+        terminal.flush()
+    return b"".join(rest).decode(errors="replace")

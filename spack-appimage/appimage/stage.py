@@ -136,15 +136,23 @@ class DataRules:
     exclude: Tuple[str, ...] = ()
     keep: Tuple[str, ...] = ()
 
-    def excluded(self, rel_path: str) -> bool:
-        def matches(patterns):
-            return any(fnmatch.fnmatchcase(rel_path, p) for p in patterns)
-
+    def rule_for(self, rel_path: str) -> Optional[str]:
+        """The rule that leaves ``rel_path`` out (for the dry-run report), or None."""
         if rel_path == ".spack" or rel_path.startswith(".spack" + os.sep):
-            return True  # build logs and environment: never, whatever --keep says
-        if matches(self.keep) or any(p.startswith(rel_path + "/") for p in self.keep):
-            return False  # kept, or a directory on the way to something kept
-        return matches(EXCLUDED) or matches(self.exclude)
+            return ".spack"  # build logs and environment: never, whatever --keep says
+        if any(fnmatch.fnmatchcase(rel_path, p) for p in self.keep):
+            return None
+        if any(p.startswith(rel_path + "/") for p in self.keep):
+            return None  # a directory on the way to something kept
+        return next((p for p in EXCLUDED + self.exclude if fnmatch.fnmatchcase(rel_path, p)),
+                    None)
+
+
+#: Why an ELF file under a data directory is left out: only the closure brings ELF files.
+ELF_OUTSIDE_CLOSURE = "ELF file nothing loads"
+
+#: What a staged file is, for the report's bytes per spec.
+BINARY, LIBRARY, DATA = "binaries", "libraries", "data"
 
 
 @dataclass
@@ -155,14 +163,19 @@ class Plan:
     files: Dict[str, str] = field(default_factory=dict)
     #: AppDir-relative path -> symlink target (relative)
     links: Dict[str, str] = field(default_factory=dict)
+    #: AppDir-relative path -> BINARY, LIBRARY or DATA
+    kinds: Dict[str, str] = field(default_factory=dict)
     #: host paths of symlinks left out, with the reason
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    #: host paths of data files (or whole directories) left out, with the rule
+    excluded: List[Tuple[str, str]] = field(default_factory=list)
 
-    def bytes_by_owner(self) -> Dict[str, int]:
-        sizes: Dict[str, int] = {}
+    def bytes_by_owner(self) -> Dict[str, Dict[str, int]]:
+        """owner label -> kind -> bytes of the files to copy."""
+        sizes: Dict[str, Dict[str, int]] = {}
         for dest, src in self.files.items():
-            label = dest.split(os.sep)[1]
-            sizes[label] = sizes.get(label, 0) + os.path.getsize(src)
+            by_kind = sizes.setdefault(dest.split(os.sep)[1], {BINARY: 0, LIBRARY: 0, DATA: 0})
+            by_kind[self.kinds[dest]] += os.path.getsize(src)
         return sizes
 
 
@@ -172,13 +185,14 @@ class Planner:
         self.rules = rules
         self.plan = Plan()
 
-    def add_chain(self, path: str) -> str:
+    def add_chain(self, path: str, kind: str) -> str:
         """Stage ``path`` and every symlink hop to its file; return the file's AppDir path."""
         path = _resolve_parent(path)
         for _ in range(40):  # the kernel's limit on symlink hops
             if not os.path.islink(path):
                 dest = self.layout.dest(path)
                 self.plan.files[dest] = path
+                self.plan.kinds.setdefault(dest, kind)
                 return dest
             target = _resolve_parent(os.path.join(os.path.dirname(path), os.readlink(path)))
             dest = self.layout.dest(path)
@@ -206,12 +220,17 @@ class Planner:
                         is_elf = read_elf(path) is not None
                     except PermissionError as e:
                         raise unreadable(path, e) from e
-                    if not is_elf:
+                    if is_elf:
+                        self.plan.excluded.append((path, ELF_OUTSIDE_CLOSURE))
+                    else:
                         self.plan.files[self.layout.dest(path)] = path
+                        self.plan.kinds[self.layout.dest(path)] = DATA
 
     def _skip_link_or_excluded(self, path, rel_path, staged_prefixes) -> bool:
         """True to leave ``path`` out. A symlink that may stay is staged here."""
-        if self.rules.excluded(rel_path):
+        rule = self.rules.rule_for(rel_path)
+        if rule:
+            self.plan.excluded.append((path, rule))
             return True
         if not os.path.islink(path):
             return False
@@ -255,14 +274,14 @@ def plan(
     contributed one, filtered by ``rules``."""
     planner = Planner(layout, rules)
     for entry in entries:
-        planner.add_chain(entry.path)
+        planner.add_chain(entry.path, BINARY)
         if entry.interpreter:
-            planner.add_chain(entry.interpreter)
+            planner.add_chain(entry.interpreter, BINARY)
     for real_path in closure.libraries():
         for load_path in closure.load_paths[real_path]:
-            planner.add_chain(load_path)
+            planner.add_chain(load_path, LIBRARY)
     for path in included:
-        planner.add_chain(path)
+        planner.add_chain(path, LIBRARY if closure.objects.get(os.path.realpath(path)) else DATA)
     owners = {layout.owner(src) for src in planner.plan.files.values()}
     specs = sorted((o for o in owners if o.is_spec), key=lambda o: o.label)
     prefixes = tuple(o.prefix for o in specs)

@@ -2,12 +2,13 @@
 
 import argparse
 import os
+import sys
 
 import spack.cmd
 import spack.llnl.util.tty as tty
 from spack.cmd.common import arguments
 
-from .. import build, settings
+from .. import build, runtime, settings
 from ..squashfs import COMPRESSIONS
 
 description = "bundle programs of an environment into one executable AppImage file"
@@ -21,16 +22,26 @@ epilog = """examples:
       (an external MPI stays on the host; dlopen'ed plugins come along)
   spack -e myenv appimage --entry tool=mypkg@2.1 -o tool.app   (tool of one spec)
   spack -e myenv appimage --entry libexec/helper --dry-run     (show what would be bundled)
+  spack -e myenv appimage --entry tool --dry-run --json        (the same, for scripts)
+  spack -e myenv appimage --entry tool --sbom tool.cdx.json    (and a CycloneDX SBOM)
+  ./tool.app --appimage-manifest      (what an image holds: specs, files, sha256, command)
+  spack appimage --print-runtime      (build the runtime once, e.g. for a site's config)
 """
 
 
 def setup_parser(subparser: argparse.ArgumentParser) -> None:
     subparser.epilog = epilog
     subparser.formatter_class = argparse.RawDescriptionHelpFormatter
-    subparser.add_argument(
-        "--entry", action="append", required=True, metavar="NAME[=SPEC]",
+    what = subparser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--entry", action="append", metavar="NAME[=SPEC]",
         help="program to run from the image: bin/NAME of an environment spec, or a "
         "prefix-relative path; =SPEC picks the spec (repeatable)",
+    )
+    what.add_argument(
+        "--print-runtime", action="store_true",
+        help="build the project's runtime if it is not cached, print its path and exit "
+        "(for sites that pre-build it; see config:appimage:runtime)",
     )
     subparser.add_argument(
         "--default-entry", metavar="NAME",
@@ -85,12 +96,26 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
         "--keep-appdir", metavar="DIR", help="stage the AppDir in DIR and keep it"
     )
     subparser.add_argument(
-        "--dry-run", action="store_true", help="show what would be bundled; write nothing"
+        "--dry-run", action="store_true",
+        help="show what would be bundled (per entry a library tree, bytes per spec, host "
+        "needs, what is left out); write nothing but the --sbom file",
+    )
+    subparser.add_argument(
+        "--json", action="store_true", help="with --dry-run: print the report as JSON"
+    )
+    subparser.add_argument(
+        "--sbom", metavar="FILE",
+        help="also write a CycloneDX 1.5 JSON SBOM of the bundled specs to FILE",
     )
     arguments.add_common_arguments(subparser, ["jobs"])
 
 
 def appimage(parser, args):
+    if args.print_runtime:
+        print(runtime.build())
+        return
+    if args.json and not args.dry_run:
+        tty.die("--json is for the --dry-run report; add --dry-run")
     env = spack.cmd.require_active_env(cmd_name="appimage")
     settings.check_known_keys()
     env_name = os.path.basename(os.path.normpath(env.name))
@@ -111,6 +136,9 @@ def appimage(parser, args):
         host_libs=settings.get("host_libs", args.host_lib),
         bundle_libs=settings.get("bundle_libs", args.bundle_lib),
         bundle_externals=bool(settings.get("bundle_externals", args.bundle_externals)),
+        sbom=args.sbom,
+        json=args.json,
+        command=["spack"] + sys.argv[1:],
     )
     result = build.run(env, options)
     tty.verbose("seconds per stage: " + ", ".join(

@@ -1,0 +1,197 @@
+"""The provenance manifest every image carries, and the CycloneDX SBOM made from it.
+
+The manifest (``.appimage/manifest.json`` in the AppDir; printed by the runtime's
+``--appimage-manifest`` without a mount) says what the image is:
+
+* ``entries``: each entry's name, AppDir path, bundled interpreter, and spec hash;
+* ``specs``: every spec with a file in the image, plus the external specs whose
+  libraries the host provides, with name, version, hash, variants (the node's
+  ``parameters``), compiler and link/run dependencies, read from the spec's installed
+  ``.spack/spec.json`` (an external has none; its node comes from the environment's
+  concrete spec, which is the same record). The build environment (``.spack/
+  spack-build-env.txt``) is never read: it can hold secrets;
+* ``host``: each library the host must provide and why, and the oldest glibc;
+* ``files`` and ``links``: every path in the image with size and sha256, or target;
+* ``tool``, ``spack``: the versions that built it, and ``command``, the command line.
+
+Nothing in it depends on the time or the machine, so the same build gives the same
+manifest, and the same image bytes.
+"""
+
+import hashlib
+import json
+import os
+import uuid
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from . import __version__
+
+#: Where the manifest lives in the AppDir (the runtime's MANIFEST).
+PATH = os.path.join(".appimage", "manifest.json")
+
+FORMAT = "spack-appimage-manifest/1"
+
+#: Virtual packages whose provider is the compiler of a node.
+COMPILER_VIRTUALS = ("c", "cxx", "fortran")
+
+
+def spec_nodes(spec) -> Dict[str, dict]:
+    """hash -> node of the specfile describing ``spec``: its installed ``spec.json``,
+    else (externals) the concrete spec's own record."""
+    import spack.store
+
+    path = spack.store.STORE.layout.spec_file_path(spec)
+    if not spec.external and os.path.exists(path):
+        with open(path) as f:
+            nodes = json.load(f)["spec"]["nodes"]
+    else:
+        nodes = spec.to_dict()["spec"]["nodes"]
+    return {node["hash"]: node for node in nodes}
+
+
+def spec_record(spec, in_image: bool) -> dict:
+    """What the manifest says of one spec, from its specfile node."""
+    nodes = spec_nodes(spec)
+    node = nodes[spec.dag_hash()]
+    compilers, dependencies = [], []
+    for dep in node.get("dependencies", []):
+        parameters = dep.get("parameters", {})
+        if set(parameters.get("virtuals", ())) & set(COMPILER_VIRTUALS):
+            compiler = nodes.get(dep["hash"], {})
+            compilers.append(f"{dep['name']}@{compiler.get('version', '?')}")
+        elif set(parameters.get("deptypes", ())) & {"link", "run"}:
+            dependencies.append(dep["hash"])
+    record = {
+        "name": node["name"],
+        "version": str(node.get("version", "")),
+        "hash": node["hash"],
+        "namespace": node.get("namespace"),
+        "variants": node.get("parameters", {}),
+        "compiler": sorted(set(compilers)),
+        "dependencies": sorted(dependencies),
+        "in_image": in_image,
+    }
+    if spec.external:
+        record["external"] = {"prefix": spec.external_path}
+    return record
+
+
+def file_records(appdir: str) -> Tuple[List[dict], List[dict]]:
+    """(files with size and sha256, symlinks with target) under ``appdir``, sorted,
+    without the manifest itself."""
+    files, links = [], []
+    for root, dirs, names in os.walk(appdir):
+        dirs.sort()
+        for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, appdir)
+            if rel == PATH:
+                continue
+            if os.path.islink(path):
+                links.append({"path": rel, "target": os.readlink(path)})
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            files.append({"path": rel, "size": os.path.getsize(path),
+                          "sha256": digest.hexdigest()})
+    return sorted(files, key=lambda r: r["path"]), sorted(links, key=lambda r: r["path"])
+
+
+def build(
+    appdir: Optional[str],
+    entry_points: Iterable,
+    entry_specs: Iterable,
+    bundled_specs: Iterable,
+    host_specs: Iterable,
+    host: Dict[str, str],
+    glibc: Optional[str],
+    command: List[str],
+) -> dict:
+    """The manifest of the AppDir ``appdir`` as staged (call it last); with no
+    ``appdir`` (a dry run), everything but the file records."""
+    import spack
+
+    files, links = file_records(appdir) if appdir else ([], [])
+    specs = [spec_record(s, True) for s in bundled_specs]
+    specs += [spec_record(s, False) for s in host_specs]
+    return {
+        "format": FORMAT,
+        "tool": {"name": "spack-appimage", "version": __version__},
+        "spack": {"version": spack.get_version()},
+        "command": list(command),
+        "entries": [
+            {"name": point.name, "path": point.path, "interpreter": point.interpreter,
+             "spec": spec.dag_hash()}
+            for point, spec in zip(entry_points, entry_specs)
+        ],
+        "specs": sorted(specs, key=lambda r: (r["name"], r["hash"])),
+        "host": {"glibc": glibc, "libraries": dict(sorted(host.items()))},
+        "files": files,
+        "links": links,
+    }
+
+
+def write(appdir: str, manifest: dict) -> str:
+    path = os.path.join(appdir, PATH)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return path
+
+
+def cyclonedx(manifest: dict, name: str) -> dict:
+    """A CycloneDX 1.5 SBOM of the image ``name`` described by ``manifest``: one
+    component per spec (a Package URL of type ``spack``), its dependencies, and the
+    externals the host provides with scope ``excluded``. The serial number is derived
+    from the manifest, so the same image gets the same SBOM."""
+    canonical = json.dumps(manifest, sort_keys=True).encode()
+    serial = uuid.uuid5(uuid.NAMESPACE_URL, "spack-appimage:" + hashlib.sha256(canonical).hexdigest())
+    image_ref = f"image:{name}"
+    components, dependencies = [], []
+    known = {spec["hash"] for spec in manifest["specs"]}
+    for spec in manifest["specs"]:
+        properties = [{"name": "spack:hash", "value": spec["hash"]}]
+        properties += [{"name": "spack:compiler", "value": c} for c in spec["compiler"]]
+        properties += [
+            {"name": f"spack:variant:{key}", "value": _property_value(value)}
+            for key, value in sorted(spec["variants"].items())
+        ]
+        if "external" in spec:
+            properties.append({"name": "spack:external", "value": spec["external"]["prefix"]})
+        components.append({
+            "type": "library",
+            "bom-ref": spec["hash"],
+            "name": spec["name"],
+            "version": spec["version"],
+            "scope": "required" if spec["in_image"] else "excluded",
+            "purl": f"pkg:spack/{spec['name']}@{spec['version']}?hash={spec['hash']}",
+            "properties": properties,
+        })
+        dependencies.append({
+            "ref": spec["hash"],
+            "dependsOn": [h for h in spec["dependencies"] if h in known],
+        })
+    entry_specs = sorted({entry["spec"] for entry in manifest["entries"]})
+    dependencies.append({"ref": image_ref, "dependsOn": entry_specs})
+    return {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": f"urn:uuid:{serial}",
+        "version": 1,
+        "metadata": {
+            "tools": {"components": [{"type": "application", "name": "spack-appimage",
+                                      "version": manifest["tool"]["version"]}]},
+            "component": {"type": "application", "bom-ref": image_ref, "name": name},
+        },
+        "components": components,
+        "dependencies": dependencies,
+    }
+
+
+def _property_value(value) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,127 @@
+"""What ``--dry-run`` shows: the image's contents, decided but not written.
+
+:func:`collect` turns a planned build into plain data (``--json`` prints it as is);
+:func:`text` renders it for people:
+
+* per entry, a tree of the libraries it loads, as libtree draws it: each library with
+  the spec that owns it, where it goes in the AppDir and the RPATH/RUNPATH entry or
+  system directory it was found through. A library shown once is not expanded again;
+  host libraries are leaves, with the reason (glibc family, GPU driver, external spec);
+* the files ``--include`` and plugin rules add;
+* per spec, the bytes bundled as binaries, libraries and data;
+* everything the host must provide, with the reason;
+* data files left out, with the rule that left each out, and symlinks left out;
+* totals.
+"""
+
+import json
+import os
+from typing import List
+
+from .stage import BINARY, DATA, LIBRARY
+
+KINDS = (BINARY, LIBRARY, DATA)
+
+
+def collect(result, layout, always_there) -> dict:
+    """The report of a planned build ``result`` (``build.Result``). ``always_there(name)``
+    says whether a host library is of the glibc family, which trees leave out."""
+    trees = []
+    for entry in result.entries:
+        shown = set()
+        trees.append({
+            "entry": entry.name,
+            "spec": entry.spec.cformat("{name}{@version}{/hash:7}"),
+            "path": layout.dest(entry.path),
+            "loads": _children(os.path.realpath(entry.program), result.closure, layout,
+                               always_there, shown),
+        })
+    sizes = result.plan.bytes_by_owner()
+    specs = [dict(owner=label, **by_kind, total=sum(by_kind.values()))
+             for label, by_kind in sorted(sizes.items())]
+    return {
+        "entries": trees,
+        "included": [{"path": layout.dest(i.path), "reason": i.reason}
+                     for i in result.included],
+        "specs": specs,
+        "host": [{"library": name, "reason": reason}
+                 for name, reason in sorted(result.closure.host_requirements().items())],
+        "excluded": [{"path": path, "rule": rule} for path, rule in result.plan.excluded],
+        "skipped_links": [{"path": path, "reason": why} for path, why in result.plan.skipped],
+        "totals": {
+            "files": len(result.plan.files),
+            "links": len(result.plan.links),
+            "bytes": sum(s["total"] for s in specs),
+            **{kind: sum(s[kind] for s in specs) for kind in KINDS},
+            "specs": len(specs),
+            "host_libraries": len(result.closure.host_requirements()),
+            "excluded": len(result.plan.excluded),
+        },
+    }
+
+
+def _children(path, closure, layout, always_there, shown) -> List[dict]:
+    nodes = []
+    for link in closure.links.get(path, {}).values():
+        if link.host_reason:
+            if not always_there(link.needed):
+                nodes.append({"needed": link.needed, "host": link.host_reason})
+            continue
+        node = {
+            "needed": link.needed,
+            "owner": layout.owner(link.real_path).label,
+            "dest": layout.dest(link.real_path),
+            "found_via": link.found_via,
+        }
+        if link.real_path in shown:
+            node["shown_above"] = True
+        else:
+            shown.add(link.real_path)
+            node["loads"] = _children(link.real_path, closure, layout, always_there, shown)
+        nodes.append(node)
+    return nodes
+
+
+def as_json(report: dict) -> str:
+    return json.dumps(report, indent=2)
+
+
+def text(report: dict) -> str:
+    lines: List[str] = []
+    for tree in report["entries"]:
+        lines.append(f"{tree['entry']}  {tree['spec']}  {tree['path']}")
+        _draw(tree["loads"], "", lines)
+    if report["included"]:
+        lines.append("included:")
+        lines += [f"  {i['path']}  [{i['reason']}]" for i in report["included"]]
+    lines.append(f"bundled bytes per spec:  {'binaries':>12} {'libraries':>12} "
+                 f"{'data':>12} {'total':>12}")
+    totals = report["totals"]
+    for spec in report["specs"] + [dict(totals, owner="total", total=totals["bytes"])]:
+        lines.append(f"  {spec['owner']:50} " + " ".join(
+            f"{spec[k]:>12,}" for k in KINDS + ("total",)))
+    lines.append("from the host:")
+    lines += [f"  {h['library']:30} {h['reason']}" for h in report["host"]]
+    if report["excluded"]:
+        lines.append("left out:")
+        lines += [f"  {e['path']}  [{e['rule']}]" for e in report["excluded"]]
+    lines += [f"  {s['path']}  [{s['reason']}]" for s in report["skipped_links"]]
+    lines.append(
+        f"total: {totals['files']} files and {totals['links']} links, {totals['bytes']:,} "
+        f"bytes from {totals['specs']} specs; {totals['host_libraries']} libraries from "
+        f"the host; {totals['excluded']} paths left out"
+    )
+    return "\n".join(lines)
+
+
+def _draw(nodes: List[dict], indent: str, lines: List[str]) -> None:
+    for i, node in enumerate(nodes):
+        last = i == len(nodes) - 1
+        branch, deeper = ("└── ", "    ") if last else ("├── ", "│   ")
+        if "host" in node:
+            lines.append(f"{indent}{branch}{node['needed']}  (host: {node['host']})")
+            continue
+        seen = "  (see above)" if node.get("shown_above") else ""
+        lines.append(f"{indent}{branch}{node['needed']}  {node['owner']}  {node['dest']}  "
+                     f"[{node['found_via']}]{seen}")
+        _draw(node.get("loads", []), indent + deeper, lines)
