@@ -77,7 +77,8 @@ def test_dry_run_json(dry_run):
     assert totals["bytes"] == sum(s["total"] for s in report["specs"]) == sum(
         totals[k] for k in ("binaries", "libraries", "data"))
     assert {"library": "libmpi.so.40", "reason": "external openmpi@4.1.4"} in report["host"]
-    assert any(e["rule"] == "share/man" for e in report["excluded"])
+    assert {e["rule"]: e["owner"].rsplit("-", 2)[0] for e in report["excluded"]}[
+        "share/man"] == "ai-leaf"
     assert totals["excluded"] == len(report["excluded"])
 
 
@@ -101,6 +102,12 @@ def test_manifest_lists_every_file_with_its_hash(built, tmp_path):
                 on_disk[os.path.relpath(path, root)] = open(path, "rb").read()
     # The manifest describes every file but itself; extracting it gives the same bytes.
     assert on_disk.pop(".appimage/manifest.json").decode() == manifest_of(image)
+    # Extracting just that path gives it too.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    subprocess.run([image, "--appimage-extract", ".appimage/manifest.json"], cwd=alone,
+                   check=True, capture_output=True)
+    assert (alone / "squashfs-root/.appimage/manifest.json").read_text() == manifest_of(image)
     assert {f["path"]: (f["size"], f["sha256"]) for f in manifest["files"]} == {
         path: (len(data), hashlib.sha256(data).hexdigest()) for path, data in on_disk.items()}
     assert {"path": ".DirIcon", "target": "hello.png"} in manifest["links"]
@@ -190,6 +197,14 @@ def test_sbom_is_not_clobbered_without_force(site, tmp_path):
     assert sbom.read_text() == "mine"
 
 
+def test_sbom_and_image_need_two_names(site, tmp_path):
+    same = tmp_path / "x.app"
+    line = fails(site, *ENTRIES, "-o", str(same), "--sbom", str(same), env=site.env)
+    assert line == (f"==> Error: --sbom {same} is also the image's output; give the SBOM "
+                    "another file name")
+    assert os.listdir(tmp_path) == []
+
+
 def test_desktop_entry_and_icon(built, tmp_path):
     validate = _require("desktop-file-validate", "apt-get install desktop-file-utils "
                                                  "(see .ci/run)")
@@ -203,7 +218,12 @@ def test_desktop_entry_and_icon(built, tmp_path):
     fields = dict(line.split("=", 1) for line in desktop.read_text().splitlines()[1:])
     assert fields["Terminal"] == "true"
     assert fields["Categories"] == "Science;Development;"
-    assert fields["Exec"] == "ai-hello" and fields["Icon"] == "hello"
+    assert fields["Icon"] == "hello"
+    # Integrators replace Exec's first word with the image; the rest picks the entry.
+    assert fields["Exec"] == "AppRun ai-hello"
+    launched = subprocess.run([image, *fields["Exec"].split()[1:]], capture_output=True,
+                              text=True)
+    assert launched.returncode == 0 and launched.stdout.startswith("hello:"), launched.stderr
     png = (root / "hello.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     assert struct.unpack(">II", png[16:24]) == (256, 256)

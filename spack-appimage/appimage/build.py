@@ -62,7 +62,8 @@ class Result:
     timings: Dict[str, float] = field(default_factory=dict)
     included: List[extras.Included] = field(default_factory=list)
     manifest: Optional[dict] = None
-    started: float = field(default_factory=time.perf_counter)
+    #: when the command started (perf_counter), for the last line's elapsed time
+    started: float = 0.0
 
 
 class _Progress:
@@ -85,7 +86,12 @@ class _Progress:
         if not self.quiet:
             tty.msg(line + (" ..." if redraw else ""), newline=not redraw)
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except BaseException:
+            if redraw:
+                sys.stdout.write("\n")  # the error goes below the stage's line
+            raise
         self.timings[name] = time.perf_counter() - start
         if redraw:
             sys.stdout.write("\r\033[K")
@@ -174,6 +180,7 @@ def _check_default(options: Options, found: List[entries.Entry]) -> None:
 def run(env, options: Options) -> Result:
     import spack.store
 
+    started = time.perf_counter()
     with _interrupt_on_terminate():
         if options.install:
             install_environment(env)
@@ -181,6 +188,10 @@ def run(env, options: Options) -> Result:
         found = entries.find_all(options.entries, nodes)
         _check_default(options, found)
         if options.sbom:
+            if not options.dry_run and os.path.abspath(options.sbom) == os.path.abspath(
+                    options.output):
+                raise OutputError(f"--sbom {options.sbom} is also the image's output",
+                                  "give the SBOM another file name")
             assemble.check_output(options.sbom, options.force, "--sbom")
         if not options.dry_run:
             assemble.check_output(options.output, options.force)
@@ -205,7 +216,8 @@ def run(env, options: Options) -> Result:
         with progress.stage("plan", "plan: what the AppDir holds"):
             plan = stage.plan(found, libraries, layout, [i.path for i in included],
                               stage.DataRules(tuple(options.exclude), tuple(options.keep)))
-        result = Result(None, found, libraries, plan, progress.timings, included)
+        result = Result(None, found, libraries, plan, progress.timings, included,
+                        started=started)
         if options.dry_run:
             with progress.stage("report", "dry run: nothing written", draws=True):
                 data = report.collect(result, layout, policy.always_there)
@@ -222,7 +234,7 @@ def run(env, options: Options) -> Result:
             with progress.stage("apprun", "apprun: dispatcher, entry table, desktop file"):
                 apprun.install(appdir, found, layout, libraries, policy, options.default_entry)
                 desktop.write(appdir, image_name(options.output), [e.name for e in found],
-                              options.default_entry or found[0].name)
+                              options.default_entry)
             with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
                 host = list(policy.patterns) + list(libraries.host_requirements())
                 relocate.audit(appdir, host, [spack.store.STORE.root])
@@ -244,8 +256,8 @@ def run(env, options: Options) -> Result:
                     assemble.write_runtime(runtime_file, partial)
                     assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION,
                                             _tree_bytes(appdir))
-        if options.sbom:
-            _write_sbom(options, result.manifest)
+                if options.sbom:  # before the image takes its name: a failure leaves neither
+                    _write_sbom(options, result.manifest)
         result.output = os.path.abspath(options.output)
         return result
 
@@ -270,12 +282,11 @@ def _manifest(result: Result, layout, options: Options, appdir: Optional[str]) -
     from .closure import glibc_requirement
 
     points = [apprun.EntryPoint.of(e, layout) for e in result.entries]
-    owners = {layout.owner(src) for src in result.plan.files.values()}
-    bundled = sorted((o.spec for o in owners if o.is_spec), key=lambda s: s.dag_hash())
+    bundled = sorted(_bundled_specs(result.plan, layout), key=lambda s: s.dag_hash())
     externals = [
         spec for spec in spack.traverse.traverse_nodes(
             [e.spec for e in result.entries], deptype=("link", "run"))
-        if spec.external
+        if spec.external and spec not in bundled
     ]
     return manifest.build(
         appdir,
@@ -289,18 +300,25 @@ def _manifest(result: Result, layout, options: Options, appdir: Optional[str]) -
     )
 
 
+def _bundled_specs(plan: stage.Plan, layout) -> list:
+    """The specs with a file in the image, externals bundled by policy included."""
+    owners = {layout.owner(src) for src in plan.files.values()}
+    return [o.spec for o in owners if o.spec is not None]
+
+
 def _write_sbom(options: Options, image_manifest: dict) -> None:
     sbom = manifest.cyclonedx(image_manifest, os.path.basename(options.output))
     with assemble.output_file(options.sbom, options.force, executable=False) as partial:
         with open(partial, "w") as f:
             json.dump(sbom, f, indent=2)
             f.write("\n")
-    tty.msg(f"SBOM (CycloneDX 1.5): {os.path.abspath(options.sbom)}")
+    if not options.json:  # stdout holds the JSON report
+        tty.msg(f"SBOM (CycloneDX 1.5): {os.path.abspath(options.sbom)}")
 
 
 def describe(result: Result) -> str:
     size = os.path.getsize(result.output)
-    specs = {e.split(os.sep)[1] for e in result.plan.files}
+    specs = {e.split(os.sep)[1] for e in result.plan.files} - {stage.HOST_LABEL}
     return (
         f"{result.output}: {size / 2**20:.1f} MiB, entries: "
         f"{', '.join(e.name for e in result.entries)}; {len(specs)} specs, "

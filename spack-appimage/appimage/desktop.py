@@ -10,23 +10,29 @@ entry says ``Terminal=true``. The icon is drawn here as a PNG
 import os
 import struct
 import zlib
-from typing import Sequence
+from typing import Optional, Sequence
 
-#: Freedesktop categories: one main category (Science) plus Development.
+#: Freedesktop categories (both are main categories; menus may list the image twice).
 CATEGORIES = "Science;Development;"
 
 ICON_SIZE = 256
 
 
-def write(appdir: str, name: str, entry_names: Sequence[str], default: str) -> None:
-    """``<name>.desktop``, ``<name>.png`` and ``.DirIcon`` (a link to the PNG)."""
+def write(appdir: str, name: str, entry_names: Sequence[str], default: Optional[str]) -> None:
+    """``<name>.desktop``, ``<name>.png`` and ``.DirIcon`` (a link to the PNG).
+
+    Desktop integrators replace the first word of ``Exec`` with the image's path and keep
+    the rest, so ``Exec`` names the entry to run as AppRun's first argument, unless
+    AppRun needs none (one entry, or a default entry)."""
+    needs_name = len(entry_names) > 1 and not default
+    exec_line = f"AppRun {entry_names[0]}" if needs_name else "AppRun"
     with open(os.path.join(appdir, f"{name}.desktop"), "w") as f:
         f.write(
             "[Desktop Entry]\n"
             "Type=Application\n"
             f"Name={name}\n"
             f"Comment=Programs of a Spack environment: {', '.join(entry_names)}\n"
-            f"Exec={default}\n"
+            f"Exec={exec_line}\n"
             f"Icon={name}\n"
             "Terminal=true\n"
             f"Categories={CATEGORIES}\n"

@@ -46,7 +46,8 @@ def collect(result, layout, always_there) -> dict:
         "specs": specs,
         "host": [{"library": name, "reason": reason}
                  for name, reason in sorted(result.closure.host_requirements().items())],
-        "excluded": [{"path": path, "rule": rule} for path, rule in result.plan.excluded],
+        "excluded": [{"path": path, "owner": layout.owner(path).label, "rule": rule}
+                     for path, rule in result.plan.excluded],
         "skipped_links": [{"path": path, "reason": why} for path, why in result.plan.skipped],
         "totals": {
             "files": len(result.plan.files),
@@ -102,9 +103,9 @@ def text(report: dict) -> str:
             f"{spec[k]:>12,}" for k in KINDS + ("total",)))
     lines.append("from the host:")
     lines += [f"  {h['library']:30} {h['reason']}" for h in report["host"]]
-    if report["excluded"]:
+    if report["excluded"] or report["skipped_links"]:
         lines.append("left out:")
-        lines += [f"  {e['path']}  [{e['rule']}]" for e in report["excluded"]]
+    lines += [f"  {e['path']}  [{e['rule']}]" for e in report["excluded"]]
     lines += [f"  {s['path']}  [{s['reason']}]" for s in report["skipped_links"]]
     lines.append(
         f"total: {totals['files']} files and {totals['links']} links, {totals['bytes']:,} "

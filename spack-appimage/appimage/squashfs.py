@@ -8,10 +8,12 @@ at launch slower), files owned by root, no extended attributes, and fixed timest
 (``SOURCE_DATE_EPOCH``, else 0) so that the same AppDir gives the same bytes.
 """
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from .errors import ToolError
 
@@ -92,21 +94,51 @@ def make(
     ]
     if jobs:
         command += ["-processors", str(jobs)]
-    if progress:
-        # Bytes, not text: text mode would turn the bar's carriage returns into newlines.
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        output = _show_progress_bar(process.stdout, sys.stdout)
-        returncode = process.wait()
-    else:
-        result = subprocess.run(command + ["-no-progress", "-quiet"], capture_output=True,
-                                text=True)
-        output, returncode = result.stderr or result.stdout, result.returncode
-    if returncode != 0:
-        detail = (output or "").strip().splitlines()
+    if not progress:
+        command += ["-no-progress", "-quiet"]
+    # Bytes, not text: text mode would turn the bar's carriage returns into newlines.
+    with _uninterrupted_start(command, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) as process:
+        if progress:
+            output = _show_progress_bar(process.stdout, sys.stdout)
+        else:
+            output = process.stdout.read().decode(errors="replace")
+    if process.returncode != 0:
+        detail = output.strip().splitlines()
         raise ToolError(
-            f"mksquashfs failed (exit {returncode}): " + (detail[-1] if detail else "no message"),
+            f"mksquashfs failed (exit {process.returncode}): "
+            + (detail[-1] if detail else "no message"),
             "check free space and write permission where the output goes",
         )
+
+
+#: The signals that interrupt a build (SIGTERM is turned into an exception by ``build``).
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _uninterrupted_start(command, **kwargs) -> Iterator[subprocess.Popen]:
+    """Popen, with SIGINT and SIGTERM held until the process object exists, then killed
+    and reaped if the block is interrupted.
+
+    An interrupt that struck inside ``subprocess.run`` between fork and Popen's return
+    would orphan mksquashfs, which then recreated the temporary output the cleanup had
+    just removed (seen in the stage-8 interrupt test)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        process = subprocess.Popen(
+            command, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, previous),
+            **kwargs)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    with process:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held signal lands here
+            yield process
+        except BaseException:
+            process.kill()
+            raise
 
 
 def _show_progress_bar(stream, terminal) -> str:

@@ -19,7 +19,7 @@ What is copied from a spec's prefix:
   image only through the closure (an ELF file nothing loads would carry store RPATHs);
 * never ``.spack/`` (build environment and logs, which can hold secrets);
 * symlinks only when their target is inside a staged prefix: nothing is ever copied from
-  outside the environment's specs through a link. Others are left out (``spack -d`` lists
+  outside the environment's specs through a link. Others are left out (``--dry-run`` lists
   them).
 
 Copies get normalized modes (0755 if executable by anyone, else 0644): no setuid, setgid,
@@ -221,7 +221,8 @@ class Planner:
                     except PermissionError as e:
                         raise unreadable(path, e) from e
                     if is_elf:
-                        self.plan.excluded.append((path, ELF_OUTSIDE_CLOSURE))
+                        if self.layout.dest(path) not in self.plan.files:
+                            self.plan.excluded.append((path, ELF_OUTSIDE_CLOSURE))
                     else:
                         self.plan.files[self.layout.dest(path)] = path
                         self.plan.kinds[self.layout.dest(path)] = DATA

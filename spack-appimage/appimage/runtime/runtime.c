@@ -532,18 +532,25 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
 
 /* ---------------------------------------------------------------- extraction */
 
-static int write_file(sqfs *fs, sqfs_inode *inode, int dirfd, const char *name, mode_t mode) {
-    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) return -1;
+/* Writes the content of the regular file `inode` to `fd`; 0, or -1 on a read or
+   write error (a short write, such as a full disk, is an error). */
+static int copy_file(sqfs *fs, sqfs_inode *inode, int fd) {
     static char buf[1 << 17];
     off_t size = inode->xtra.reg.file_size, pos = 0;
     while (pos < size) {
         sqfs_off_t n = size - pos < (off_t)sizeof buf ? size - pos : (off_t)sizeof buf;
-        if (sqfs_read_range(fs, inode, pos, &n, buf) || write(fd, buf, n) != n) {
-            close(fd);
-            return -1;
-        }
+        if (sqfs_read_range(fs, inode, pos, &n, buf) || write(fd, buf, n) != n) return -1;
         pos += n;
+    }
+    return 0;
+}
+
+static int write_file(sqfs *fs, sqfs_inode *inode, int dirfd, const char *name, mode_t mode) {
+    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    if (copy_file(fs, inode, fd)) {
+        close(fd);
+        return -1;
     }
     fchmod(fd, mode);
     return close(fd);
@@ -776,16 +783,10 @@ static int print_file(const struct image *img, const char *path) {
         !S_ISREG(inode.base.mode)) {
         fprintf(stderr, "%s: no %s in the image (not built by spack appimage?)\n", prog, path);
         rc = 1;
-    } else {
-        static char buf[1 << 16];
-        off_t size = inode.xtra.reg.file_size;
-        for (off_t pos = 0; pos < size && rc == 0;) {
-            sqfs_off_t n = size - pos < (off_t)sizeof buf ? size - pos : (off_t)sizeof buf;
-            if (sqfs_read_range(&fs, &inode, pos, &n, buf) || fwrite(buf, 1, n, stdout) != (size_t)n)
-                rc = 1;
-            pos += n;
-        }
-        if (rc) fprintf(stderr, "%s: cannot read %s from the image\n", prog, path);
+    } else if (fflush(stdout) || copy_file(&fs, &inode, STDOUT_FILENO)) {
+        fprintf(stderr, "%s: cannot copy %s out of the image: %s\n", prog, path,
+                strerror(errno));
+        rc = 1;
     }
     close(fs.fd); /* sqfs_destroy leaves the image's descriptor open */
     sqfs_destroy(&fs);
