@@ -82,6 +82,13 @@ def test_dry_run_json(dry_run):
     assert totals["excluded"] == len(report["excluded"])
 
 
+def test_json_with_install_keeps_stdout_for_the_report(site, tmp_path):
+    result = site("appimage", *ENTRIES, "--install", "--dry-run", "--json", env=site.env,
+                  cwd=tmp_path)
+    assert json.loads(result.stdout)["entries"][0]["entry"] == "ai-hello"
+    assert "[+] " in result.stderr  # spack install's lines, on stderr
+
+
 def test_json_needs_dry_run(site, tmp_path):
     line = fails(site, *ENTRIES, "--json", env=site.env, cwd=tmp_path)
     assert line == "==> Error: --json is for the --dry-run report; add --dry-run"

@@ -155,6 +155,21 @@ def _closure(found, nodes, layout, policy, include):
         included += new
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to stdout (Spack's install messages, build tools run by it)
+    to stderr, so that stdout holds only the JSON report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def install_environment(env) -> None:
     """Concretize and install what is missing, as `spack install` in an environment does."""
     with env.write_transaction():
@@ -183,7 +198,8 @@ def run(env, options: Options) -> Result:
     started = time.perf_counter()
     with _interrupt_on_terminate():
         if options.install:
-            install_environment(env)
+            with _stdout_to_stderr() if options.json else contextlib.nullcontext():
+                install_environment(env)
         nodes = entries.link_run_nodes(env)
         found = entries.find_all(options.entries, nodes)
         _check_default(options, found)
