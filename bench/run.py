@@ -42,7 +42,8 @@ import launch  # noqa: E402  (imports Spack and the extension)
 import tree  # noqa: E402
 
 from spack.extensions.appimage import (  # noqa: E402
-    apprun, assemble, closure, entries, policy, relocate, runtime, squashfs, stage,
+    apprun, assemble, closure, desktop, entries, manifest, policy, relocate, runtime, squashfs,
+    stage,
 )
 
 TEST_REPO = os.path.join(ROOT, "tests", "repo", "spack_repo", "appimage_test")
@@ -72,8 +73,11 @@ def pipeline(store, program, work, compression="zstd"):
             relocate.relocate(appdir, relocate.rpaths_for(found, layout))
         with timed(seconds, "apprun"):
             apprun.install(appdir, [entry], layout, found, policy.DEFAULT_POLICY, None)
+            desktop.write(appdir, "tree", [entry.name], None)
         with timed(seconds, "audit"):
             relocate.audit(appdir, policy.DEFAULT_POLICY.patterns, [store])
+        with timed(seconds, "manifest"):  # the file records: no Spack specs in this store
+            manifest.write(appdir, {"files": manifest.file_records(appdir)})
         image = os.path.join(work, "tree.app")
         runtime_file = runtime.build()
         with assemble.output_file(image, force=True) as partial:
