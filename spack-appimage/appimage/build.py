@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import spack.llnl.util.tty as tty
 
@@ -72,14 +72,17 @@ class _Progress:
     On a terminal the line of the running stage is redrawn in place with its time when
     the stage ends; in a log (not a TTY) each line is printed once, without control
     characters. A stage that prints (``draws``) gets its line printed whole first.
-    ``quiet`` keeps stdout for a machine-readable report."""
+    ``quiet`` keeps stdout for a machine-readable report. ``checkpoint`` runs before and
+    after each stage, so an interrupt that was swallowed stops the build there."""
 
-    def __init__(self, total: int, quiet: bool = False):
+    def __init__(self, total: int, checkpoint: Callable[[], None], quiet: bool = False):
         self.total, self.done, self.timings, self.quiet = total, 0, {}, quiet
+        self.checkpoint = checkpoint
         self.redraw = sys.stdout.isatty() and tty.msg_enabled() and not tty.is_debug()
 
     @contextlib.contextmanager
     def stage(self, name: str, what: str, draws: bool = False) -> Iterator[None]:
+        self.checkpoint()
         self.done += 1
         line = f"[{self.done}/{self.total}] {what}"
         redraw = self.redraw and not draws and not self.quiet
@@ -88,6 +91,7 @@ class _Progress:
         start = time.perf_counter()
         try:
             yield
+            self.checkpoint()
         except BaseException:
             if redraw:
                 sys.stdout.write("\n")  # the error goes below the stage's line
@@ -98,22 +102,40 @@ class _Progress:
             tty.msg(f"{line} ({self.timings[name]:.1f}s)")
 
 
-@contextlib.contextmanager
-def _interrupt_on_terminate() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so every ``finally`` cleans up (temp dir,
-    partial output) when a batch system or a user ends the build."""
+class _Interrupts:
+    """SIGINT and SIGTERM as exceptions (KeyboardInterrupt, :class:`Interrupted`), raised
+    at once so that every ``finally`` cleans up (temp dir, partial output), and raised
+    again at the next stage boundary (:meth:`check`) when the first was swallowed:
+    Python drops an exception raised while a ``__del__`` runs, and ``except Exception``
+    blocks catch :class:`Interrupted` (seen in CI: a SIGTERM in stage 5 and a build that
+    then succeeded)."""
 
-    def interrupt(signum, frame):
-        raise Interrupted(
-            f"terminated by {signal.Signals(signum).name}",
-            "the partial image and the temporary files were removed",
-        )
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self):
+        self.received: Optional[int] = None
+
+    def check(self) -> None:
+        if self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is not None:
+            raise Interrupted(
+                f"terminated by {signal.Signals(self.received).name}",
+                "the partial image and the temporary files were removed",
+            )
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        self.check()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["_Interrupts"]:
+        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -196,7 +218,7 @@ def run(env, options: Options) -> Result:
     import spack.store
 
     started = time.perf_counter()
-    with _interrupt_on_terminate():
+    with _Interrupts().installed() as interrupts:
         if options.install:
             with _stdout_to_stderr() if options.json else contextlib.nullcontext():
                 install_environment(env)
@@ -226,7 +248,7 @@ def run(env, options: Options) -> Result:
             nodes, options.host_libs, options.bundle_libs, options.bundle_externals
         )
         layout = stage.Layout(nodes)
-        progress = _Progress(3 if options.dry_run else 9, quiet=options.json)
+        progress = _Progress(3 if options.dry_run else 9, interrupts.check, quiet=options.json)
         with progress.stage("closure", "closure: resolving shared libraries"):
             libraries, included = _closure(found, nodes, layout, policy, options.include)
         with progress.stage("plan", "plan: what the AppDir holds"):
