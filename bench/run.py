@@ -77,7 +77,8 @@ def pipeline(store, program, work, compression="zstd"):
         with timed(seconds, "audit"):
             relocate.audit(appdir, policy.DEFAULT_POLICY.patterns, [store])
         with timed(seconds, "manifest"):  # the file records: no Spack specs in this store
-            manifest.write(appdir, {"files": manifest.file_records(appdir)})
+            files, links = manifest.file_records(appdir)
+            manifest.write(appdir, {"files": files, "links": links})
         image = os.path.join(work, "tree.app")
         runtime_file = runtime.build()
         with assemble.output_file(image, force=True) as partial:

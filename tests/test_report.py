@@ -3,6 +3,7 @@ desktop entry, progress lines and help. Real builds of the session's environment
 image's own runtime reading its manifest, the official CycloneDX 1.5 JSON schema and
 freedesktop's desktop-file-validate."""
 
+import glob
 import hashlib
 import json
 import os
@@ -209,6 +210,23 @@ def test_sbom_and_image_need_two_names(site, tmp_path):
     line = fails(site, *ENTRIES, "-o", str(same), "--sbom", str(same), env=site.env)
     assert line == (f"==> Error: --sbom {same} is also the image's output; give the SBOM "
                     "another file name")
+    assert os.listdir(tmp_path) == []
+
+
+def test_damaged_specfile_is_a_clear_error(site, tmp_path):
+    [specfile] = glob.glob(os.path.join(site.store, "**", "ai-origin-*", ".spack", "spec.json"),
+                           recursive=True)
+    saved = open(specfile).read()
+    try:
+        with open(specfile, "w") as f:
+            f.write("{ not json")
+        line = fails(site, "--entry", "ai-origin", "--dry-run", "--sbom",
+                     str(tmp_path / "s.json"), env=site.env)
+    finally:
+        with open(specfile, "w") as f:
+            f.write(saved)
+    assert line.startswith(f"==> Error: {specfile} is not a Spack specfile (")
+    assert re.search(r"; reinstall ai-origin/\w{7}$", line), line
     assert os.listdir(tmp_path) == []
 
 

@@ -25,6 +25,7 @@ import uuid
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
+from .errors import AppImageError, unreadable
 
 #: Where the manifest lives in the AppDir (the runtime's MANIFEST).
 PATH = os.path.join(".appimage", "manifest.json")
@@ -41,11 +42,17 @@ def spec_nodes(spec) -> Dict[str, dict]:
     import spack.store
 
     path = spack.store.STORE.layout.spec_file_path(spec)
-    if not spec.external and os.path.exists(path):
-        with open(path) as f:
-            nodes = json.load(f)["spec"]["nodes"]
-    else:
+    if spec.external or not os.path.exists(path):
         nodes = spec.to_dict()["spec"]["nodes"]
+    else:
+        try:
+            with open(path) as f:
+                nodes = json.load(f)["spec"]["nodes"]
+        except OSError as e:
+            raise unreadable(path, e) from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise AppImageError(f"{path} is not a Spack specfile ({e})",
+                                f"reinstall {spec.cformat('{name}{/hash:7}')}") from e
     return {node["hash"]: node for node in nodes}
 
 
