@@ -237,7 +237,8 @@ def run(env, options: Options) -> Result:
             assemble.check_runtime(runtime_file)
             mksquashfs = squashfs.find_mksquashfs(nodes)
             squashfs.check_compression(mksquashfs, options.compression)
-            if options.runtime and options.compression not in squashfs.OFFICIAL_RUNTIME_READS:
+            ours = assemble.section(runtime_file, runtime.ID_SECTION) is not None
+            if not ours and options.compression not in squashfs.OFFICIAL_RUNTIME_READS:
                 tty.warn(
                     f"the official AppImage runtime cannot read {options.compression} "
                     f"images (only {' and '.join(squashfs.OFFICIAL_RUNTIME_READS)}); make "
