@@ -12,6 +12,7 @@ import re
 import shutil
 import struct
 import subprocess
+import zlib
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -252,6 +253,8 @@ def test_desktop_entry_and_icon(built, tmp_path):
     png = (root / "hello.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     assert struct.unpack(">II", png[16:24]) == (256, 256)
+    pixels = zlib.decompress(png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8])
+    assert len(pixels) == 256 * (1 + 256 * 4)  # 256 rows: filter byte + RGBA pixels
     assert os.readlink(root / ".DirIcon") == "hello.png"
 
 

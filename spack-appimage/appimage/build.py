@@ -21,7 +21,7 @@ import spack.llnl.util.tty as tty
 
 from . import apprun, assemble, closure, desktop, entries, extras, manifest, relocate, report
 from . import runtime, squashfs, stage
-from .errors import EntryError, Interrupted, OutputError
+from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError
 from . import policy as host_policy
 
 
@@ -78,14 +78,16 @@ class _Progress:
     def __init__(self, total: int, checkpoint: Callable[[], None], quiet: bool = False):
         self.total, self.done, self.timings, self.quiet = total, 0, {}, quiet
         self.checkpoint = checkpoint
-        self.redraw = sys.stdout.isatty() and tty.msg_enabled() and not tty.is_debug()
+        #: messages go to a terminal: lines are redrawn, mksquashfs draws its bar
+        self.terminal = sys.stdout.isatty() and tty.msg_enabled() and not quiet
+        self.redraw = self.terminal and not tty.is_debug()
 
     @contextlib.contextmanager
     def stage(self, name: str, what: str, draws: bool = False) -> Iterator[None]:
         self.checkpoint()
         self.done += 1
         line = f"[{self.done}/{self.total}] {what}"
-        redraw = self.redraw and not draws and not self.quiet
+        redraw = self.redraw and not draws
         if not self.quiet:
             tty.msg(line + (" ..." if redraw else ""), newline=not redraw)
         start = time.perf_counter()
@@ -110,8 +112,6 @@ class _Interrupts:
     blocks catch :class:`Interrupted` (seen in CI: a SIGTERM in stage 5 and a build that
     then succeeded)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self):
         self.received: Optional[int] = None
 
@@ -130,7 +130,7 @@ class _Interrupts:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["_Interrupts"]:
-        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        previous = {s: signal.signal(s, self._handle) for s in INTERRUPT_SIGNALS}
         try:
             yield self
         finally:
@@ -265,54 +265,42 @@ def run(env, options: Options) -> Result:
                 _write_sbom(options, _manifest(result, layout, options, None))
             return result
 
-        with _appdir(options.keep_appdir) as appdir:
-            with progress.stage("stage", f"stage: copying {len(plan.files)} files"):
-                stage.materialize(plan, appdir)
-            with progress.stage("relocate", "relocate: $ORIGIN-relative RPATHs"):
-                relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
-            with progress.stage("apprun", "apprun: dispatcher, entry table, desktop file"):
-                apprun.install(appdir, found, layout, libraries, policy, options.default_entry)
-                desktop.write(appdir, image_name(options.output), [e.name for e in found],
-                              options.default_entry)
-            with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
-                host = list(policy.patterns) + list(libraries.host_requirements())
-                relocate.audit(appdir, host, [spack.store.STORE.root])
-            with progress.stage("manifest", "manifest: provenance and file hashes"):
-                result.manifest = _manifest(result, layout, options, appdir)
-                manifest.write(appdir, result.manifest)
-            with assemble.output_file(options.output, options.force) as partial:
-                show_bar = tty.msg_enabled() and sys.stdout.isatty()
+        # The AppDir lives inside the output's transaction: it is gone before the image
+        # takes its name, so no interrupt can strike between the two.
+        with assemble.output_file(options.output, options.force) as partial:
+            with _appdir(options.keep_appdir) as appdir:
+                with progress.stage("stage", f"stage: copying {len(plan.files)} files"):
+                    stage.materialize(plan, appdir)
+                with progress.stage("relocate", "relocate: $ORIGIN-relative RPATHs"):
+                    relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
+                with progress.stage("apprun", "apprun: dispatcher, entry table, desktop file"):
+                    apprun.install(appdir, found, layout, libraries, policy,
+                                   options.default_entry)
+                    desktop.write(appdir, options.output, [e.name for e in found],
+                                  options.default_entry)
+                with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
+                    host = list(policy.patterns) + list(libraries.host_requirements())
+                    relocate.audit(appdir, host, [spack.store.STORE.root])
+                with progress.stage("manifest", "manifest: provenance and file hashes"):
+                    result.manifest = _manifest(result, layout, options, appdir)
+                    unpacked = manifest.write(appdir, result.manifest)
                 with progress.stage("squashfs", f"squashfs: {options.compression}",
-                                    draws=show_bar):
+                                    draws=progress.terminal):
                     squashfs.make(
                         mksquashfs, appdir, partial,
                         offset=os.path.getsize(runtime_file),
                         compression=options.compression,
                         jobs=options.jobs,
-                        progress=show_bar,
+                        progress=progress.terminal,
                     )
                 with progress.stage("assemble", "assemble: runtime + squashfs"):
                     assemble.write_runtime(runtime_file, partial)
                     assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION,
-                                            _tree_bytes(appdir))
-                if options.sbom:  # before the image takes its name: a failure leaves neither
-                    _write_sbom(options, result.manifest)
+                                            unpacked)
+            if options.sbom:  # before the image takes its name: a failure leaves neither
+                _write_sbom(options, result.manifest)
         result.output = os.path.abspath(options.output)
         return result
-
-
-def _tree_bytes(root: str) -> int:
-    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(root)
-               for f in files)
-
-
-def image_name(output: str) -> str:
-    """The image's name for its desktop entry: the output file name without ``.app``."""
-    name = os.path.basename(output)
-    for suffix in (".app", ".AppImage", ".appimage"):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _manifest(result: Result, layout, options: Options, appdir: Optional[str]) -> dict:
@@ -357,7 +345,7 @@ def _write_sbom(options: Options, image_manifest: dict) -> None:
 
 def describe(result: Result) -> str:
     size = os.path.getsize(result.output)
-    specs = {e.split(os.sep)[1] for e in result.plan.files} - {stage.HOST_LABEL}
+    specs = result.plan.spec_labels()
     return (
         f"{result.output}: {size / 2**20:.1f} MiB, entries: "
         f"{', '.join(e.name for e in result.entries)}; {len(specs)} specs, "

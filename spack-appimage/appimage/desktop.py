@@ -18,12 +18,23 @@ CATEGORIES = "Science;Development;"
 ICON_SIZE = 256
 
 
-def write(appdir: str, name: str, entry_names: Sequence[str], default: Optional[str]) -> None:
-    """``<name>.desktop``, ``<name>.png`` and ``.DirIcon`` (a link to the PNG).
+def image_name(output: str) -> str:
+    """The image's name for its desktop entry: the output file name without ``.app``."""
+    name = os.path.basename(output)
+    for suffix in (".app", ".AppImage", ".appimage"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def write(appdir: str, output: str, entry_names: Sequence[str], default: Optional[str]) -> None:
+    """``<name>.desktop``, ``<name>.png`` and ``.DirIcon`` (a link to the PNG), named
+    after the ``output`` file (:func:`image_name`).
 
     Desktop integrators replace the first word of ``Exec`` with the image's path and keep
     the rest, so ``Exec`` names the entry to run as AppRun's first argument, unless
     AppRun needs none (one entry, or a default entry)."""
+    name = image_name(output)
     needs_name = len(entry_names) > 1 and not default
     exec_line = f"AppRun {entry_names[0]}" if needs_name else "AppRun"
     with open(os.path.join(appdir, f"{name}.desktop"), "w") as f:
@@ -43,31 +54,31 @@ def write(appdir: str, name: str, entry_names: Sequence[str], default: Optional[
 
 
 def icon_png(size: int = ICON_SIZE) -> bytes:
-    """A square PNG: a dark blue tile with a lighter stacked-layers mark."""
+    """A square PNG: a dark blue rounded tile with three light, narrowing bars.
+
+    Drawn a row at a time (runs of equal pixels), not a pixel at a time: per pixel in
+    Python it took 0.13 s of every build."""
+    transparent, tile, bar = b"\0\0\0\0", bytes((22, 60, 110, 255)), bytes((235, 242, 250, 255))
+    corner = int(size * 0.12)
     rows = []
     for y in range(size):
-        row = bytearray([0])  # filter type: none
-        for x in range(size):
-            row += bytes(_pixel(x / size, y / size))
-        rows.append(bytes(row))
+        # Rounded corners: how far the tile is inset on this row.
+        dy = max(corner - y, y - (size - 1 - corner), 0)
+        inset = corner - int((corner * corner - dy * dy) ** 0.5) if dy else 0
+        row = [(inset, transparent), (size - 2 * inset, tile), (inset, transparent)]
+        for top in (0.25, 0.45, 0.65):
+            depth = y / size - top
+            if 0 <= depth < 0.12:
+                left, right = int(size * (0.2 + depth * 0.5)), int(size * (0.8 - depth * 0.5))
+                row = [(inset, transparent), (left - inset, tile), (right - left, bar),
+                       (size - inset - right, tile), (inset, transparent)]
+        rows.append(b"\0" + b"".join(pixel * count for count, pixel in row))  # filter: none
     return (
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0))
         + _chunk(b"IDAT", zlib.compress(b"".join(rows), 9))
         + _chunk(b"IEND", b"")
     )
-
-
-def _pixel(x: float, y: float):
-    """RGBA at (x, y) in [0, 1): rounded tile, three layers."""
-    corner = 0.12
-    dx, dy = max(corner - x, x - 1 + corner, 0), max(corner - y, y - 1 + corner, 0)
-    if dx * dx + dy * dy > corner * corner:
-        return (0, 0, 0, 0)
-    for top in (0.25, 0.45, 0.65):
-        if top <= y < top + 0.12 and 0.2 + (y - top) * 0.5 <= x < 0.8 - (y - top) * 0.5:
-            return (235, 242, 250, 255)
-    return (22, 60, 110, 255)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

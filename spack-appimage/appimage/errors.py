@@ -5,6 +5,7 @@ Every failure a user can cause is an :class:`AppImageError`: Spack prints it as 
 details (the directories searched, the audit's findings) follow on the next lines.
 """
 
+import signal
 from typing import Optional
 
 from spack.error import SpackError
@@ -52,3 +53,8 @@ def unreadable(path: str, error: OSError) -> AppImageError:
 
 class Interrupted(AppImageError):
     """SIGTERM ended the build (SIGINT is Spack's KeyboardInterrupt)."""
+
+
+#: The signals that stop a build (``build`` raises them; ``squashfs`` holds them while it
+#: starts mksquashfs, so that none strikes before the child can be killed).
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -88,8 +88,7 @@ def file_records(appdir: str) -> Tuple[List[dict], List[dict]]:
     without the manifest itself."""
     files, links = [], []
     for root, dirs, names in os.walk(appdir):
-        dirs.sort()
-        for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, appdir)
             if rel == PATH:
@@ -140,13 +139,16 @@ def build(
     }
 
 
-def write(appdir: str, manifest: dict) -> str:
+def write(appdir: str, manifest: dict) -> int:
+    """Write ``manifest`` into ``appdir``; return the bytes of the AppDir's files (what
+    the runtime checks for free space before extracting), from the file records rather
+    than another walk of the tree."""
     path = os.path.join(appdir, PATH)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
-    return path
+    return sum(record["size"] for record in manifest["files"]) + os.path.getsize(path)
 
 
 def cyclonedx(manifest: dict, name: str) -> dict:

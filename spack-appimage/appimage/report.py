@@ -39,13 +39,13 @@ def collect(result, layout, always_there) -> dict:
     sizes = result.plan.bytes_by_owner()
     specs = [dict(owner=label, **by_kind, total=sum(by_kind.values()))
              for label, by_kind in sorted(sizes.items())]
+    host = sorted(result.closure.host_requirements().items())
     return {
         "entries": trees,
         "included": [{"path": layout.dest(i.path), "reason": i.reason}
                      for i in result.included],
         "specs": specs,
-        "host": [{"library": name, "reason": reason}
-                 for name, reason in sorted(result.closure.host_requirements().items())],
+        "host": [{"library": name, "reason": reason} for name, reason in host],
         "excluded": [{"path": path, "owner": layout.owner(path).label, "rule": rule}
                      for path, rule in result.plan.excluded],
         "skipped_links": [{"path": path, "reason": why} for path, why in result.plan.skipped],
@@ -54,8 +54,8 @@ def collect(result, layout, always_there) -> dict:
             "links": len(result.plan.links),
             "bytes": sum(s["total"] for s in specs),
             **{kind: sum(s[kind] for s in specs) for kind in KINDS},
-            "specs": len(specs),
-            "host_libraries": len(result.closure.host_requirements()),
+            "specs": len(result.plan.spec_labels()),
+            "host_libraries": len(host),
             "excluded": len(result.plan.excluded),
         },
     }

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Iterable, Iterator, Optional
 
-from .errors import ToolError
+from .errors import INTERRUPT_SIGNALS, ToolError
 
 COMPRESSIONS = ("gzip", "xz", "lz4", "zstd")
 
@@ -112,10 +112,6 @@ def make(
         )
 
 
-#: The signals that interrupt a build (SIGTERM is turned into an exception by ``build``).
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
-
-
 @contextlib.contextmanager
 def _uninterrupted_start(command, **kwargs) -> Iterator[subprocess.Popen]:
     """Popen, with SIGINT and SIGTERM held until the process object exists, then killed
@@ -124,7 +120,7 @@ def _uninterrupted_start(command, **kwargs) -> Iterator[subprocess.Popen]:
     An interrupt that struck inside ``subprocess.run`` between fork and Popen's return
     would orphan mksquashfs, which then recreated the temporary output the cleanup had
     just removed (seen in the stage-8 interrupt test)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPT_SIGNALS)
     try:
         process = subprocess.Popen(
             command, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, previous),

@@ -170,6 +170,10 @@ class Plan:
     #: host paths of data files (or whole directories) left out, with the rule
     excluded: List[Tuple[str, str]] = field(default_factory=list)
 
+    def spec_labels(self) -> List[str]:
+        """Labels of the specs with a file in the image (``opt/<label>``; not ``host``)."""
+        return sorted({dest.split(os.sep)[1] for dest in self.files} - {HOST_LABEL})
+
     def bytes_by_owner(self) -> Dict[str, Dict[str, int]]:
         """owner label -> kind -> bytes of the files to copy."""
         sizes: Dict[str, Dict[str, int]] = {}
@@ -220,12 +224,12 @@ class Planner:
                         is_elf = read_elf(path) is not None
                     except PermissionError as e:
                         raise unreadable(path, e) from e
-                    if is_elf:
-                        if self.layout.dest(path) not in self.plan.files:
-                            self.plan.excluded.append((path, ELF_OUTSIDE_CLOSURE))
-                    else:
-                        self.plan.files[self.layout.dest(path)] = path
-                        self.plan.kinds[self.layout.dest(path)] = DATA
+                    dest = self.layout.dest(path)
+                    if not is_elf:
+                        self.plan.files[dest] = path
+                        self.plan.kinds[dest] = DATA
+                    elif dest not in self.plan.files:  # not already staged by the closure
+                        self.plan.excluded.append((path, ELF_OUTSIDE_CLOSURE))
 
     def _skip_link_or_excluded(self, path, rel_path, staged_prefixes) -> bool:
         """True to leave ``path`` out. A symlink that may stay is staged here."""

@@ -603,20 +603,29 @@ static int extract_entry(sqfs *fs, sqfs_inode *inode, int dirfd, const char *nam
     return 0; /* devices and fifos are not extracted */
 }
 
+/* Opens the image's squashfs for reading (extraction, --appimage-manifest); says why
+   not on stderr. */
+static int open_squashfs(const struct image *img, sqfs *fs) {
+    if (!sqfs_open_image(fs, img->path, img->offset)) return 0;
+    fprintf(stderr, "%s: cannot open the squashfs of %s\n", prog, img->path);
+    return -1;
+}
+
+static void close_squashfs(sqfs *fs) {
+    close(fs->fd); /* sqfs_destroy leaves the image's descriptor open */
+    sqfs_destroy(fs);
+}
+
 /* Extracts every path matching `pattern` (all if NULL) under the directory `root`. */
 static int extract(const struct image *img, const char *root, const char *pattern) {
     sqfs fs;
-    if (sqfs_open_image(&fs, img->path, img->offset)) {
-        fprintf(stderr, "%s: cannot open the squashfs of %s\n", prog, img->path);
-        return -1;
-    }
+    if (open_squashfs(img, &fs)) return -1;
     int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     sqfs_traverse trv;
     if (rootfd < 0 || sqfs_traverse_open(&trv, &fs, sqfs_inode_root(&fs))) {
         fprintf(stderr, "%s: cannot extract into %s: %s\n", prog, root, strerror(errno));
         if (rootfd >= 0) close(rootfd);
-        close(fs.fd);
-        sqfs_destroy(&fs);
+        close_squashfs(&fs);
         return -1;
     }
     sqfs_err err = SQFS_OK;
@@ -644,8 +653,7 @@ static int extract(const struct image *img, const char *root, const char *patter
     }
     sqfs_traverse_close(&trv);
     close(rootfd);
-    close(fs.fd); /* sqfs_destroy leaves the image's descriptor open */
-    sqfs_destroy(&fs);
+    close_squashfs(&fs);
     return rc;
 }
 
@@ -771,10 +779,7 @@ static int run_extracted(const struct image *img, char **argv, const char *owd) 
    how --appimage-manifest shows the provenance manifest. */
 static int print_file(const struct image *img, const char *path) {
     sqfs fs;
-    if (sqfs_open_image(&fs, img->path, img->offset)) {
-        fprintf(stderr, "%s: cannot open the squashfs of %s\n", prog, img->path);
-        return 1;
-    }
+    if (open_squashfs(img, &fs)) return 1;
     sqfs_inode inode;
     bool found = false;
     int rc = 0;
@@ -788,8 +793,7 @@ static int print_file(const struct image *img, const char *path) {
                 strerror(errno));
         rc = 1;
     }
-    close(fs.fd); /* sqfs_destroy leaves the image's descriptor open */
-    sqfs_destroy(&fs);
+    close_squashfs(&fs);
     return rc;
 }
 
