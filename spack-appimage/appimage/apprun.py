@@ -48,9 +48,11 @@ def write_table(
     bin_dirs: Sequence[str],
     glibc: Optional[str] = None,
     host_libs: Sequence[Tuple[str, str, str]] = (),
+    run_environment: Sequence[Tuple[str, str, str, str]] = (),
 ) -> None:
     """The table AppRun reads (format in apprun/apprun.c). ``host_libs`` are (entry,
-    library, why) for the checks AppRun makes before running an entry."""
+    library, why) for the checks AppRun makes before running an entry;
+    ``run_environment`` the (operation, variable, value, separator) it applies."""
     lines = [e.line() for e in entries]
     if default:
         lines.append(f"default\t{default}")
@@ -58,15 +60,17 @@ def write_table(
     if glibc:
         lines.append(f"glibc\t{glibc}")
     lines += ["\t".join(("host",) + requirement) for requirement in host_libs]
+    lines += ["\t".join(("env",) + change) for change in run_environment]
     os.makedirs(os.path.join(appdir, os.path.dirname(TABLE)), exist_ok=True)
     with open(os.path.join(appdir, TABLE), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def install(appdir: str, entries: Sequence, layout, libraries, policy, default: Optional[str]):
+def install(appdir: str, entries: Sequence, layout, libraries, policy, default: Optional[str],
+            run_environment: Sequence[Tuple[str, str, str, str]] = ()):
     """AppRun and its table in ``appdir``: the entries, the bin directories put first in
-    PATH, the glibc the bundled files need, and each entry's host libraries (minus the
-    glibc family, which every host has)."""
+    PATH, the glibc the bundled files need, each entry's host libraries (minus the
+    glibc family, which every host has), and the bundled specs' run environment."""
     from .closure import glibc_requirement
 
     points = [EntryPoint.of(e, layout) for e in entries]
@@ -79,7 +83,7 @@ def install(appdir: str, entries: Sequence, layout, libraries, policy, default: 
         if not policy.always_there(name)
     ]
     write_table(appdir, points, default, bin_dirs, glibc_requirement(libraries.objects.values()),
-                host_libs)
+                host_libs, run_environment)
     target = os.path.join(appdir, "AppRun")
     shutil.copyfile(build(), target)
     os.chmod(target, 0o755)

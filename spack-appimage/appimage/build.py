@@ -19,7 +19,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import spack.llnl.util.tty as tty
 
-from . import apprun, assemble, closure, desktop, entries, extras, manifest, relocate, report
+from . import apprun, assemble, bytecode, closure, desktop, entries, extras, interpreters, manifest
+from . import relocate, report, runenv
 from . import runtime, squashfs, stage
 from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError
 from . import policy as host_policy
@@ -43,6 +44,8 @@ class Options:
     host_libs: Sequence[str] = ()
     bundle_libs: Sequence[str] = ()
     bundle_externals: bool = False
+    #: package names (or globs) of extensions not to bundle with their interpreter
+    exclude_specs: Sequence[str] = ()
     #: write a CycloneDX SBOM here
     sbom: Optional[str] = None
     #: the dry-run report as JSON
@@ -62,6 +65,9 @@ class Result:
     timings: Dict[str, float] = field(default_factory=dict)
     included: List[extras.Included] = field(default_factory=list)
     manifest: Optional[dict] = None
+    #: interpreted stacks: spec -> its interpreter (see :mod:`interpreters`)
+    stacks: Dict = field(default_factory=dict)
+    run_environment: runenv.RunEnvironment = field(default_factory=runenv.RunEnvironment)
     #: when the command started (perf_counter), for the last line's elapsed time
     started: float = 0.0
 
@@ -154,10 +160,11 @@ def _appdir(keep: Optional[str]) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _closure(found, nodes, layout, policy, include):
-    """The closure of the entries, then of the included files and of the plugins that
-    rules add for the specs bundled so far, until nothing new comes in. Returns it with
-    every included file."""
+def _closure(found, nodes, layout, policy, include, rules, left_out):
+    """The closure of the entries, then of the included files, of the plugins that rules
+    add for the specs bundled so far, and of the shared objects of bundled interpreters
+    and their extensions, until nothing new comes in. Returns it with every included
+    file and the interpreted stacks (spec -> interpreter)."""
     resolver = closure.Resolver(policy)
     for entry in found:
         resolver.add_executable(entry.program)
@@ -171,9 +178,15 @@ def _closure(found, nodes, layout, policy, include):
                 if parsed is not None and parsed.shared:
                     resolver.add_library(item.path)
         bundled = {layout.owner(p).spec for p in resolver.closure.objects} - {None}
-        new = [i for i in extras.by_rule(bundled) if i.path not in seen]
+        stacks = interpreters.stacks(bundled, nodes, left_out)
+        active = rules.with_never_needed(interpreters.never_needed_in(stacks))
+        new = [i for i in extras.by_rule(bundled, stacks)
+               if i.path not in seen and not active.leaves_out(i.path, i.spec.prefix)]
         if not new:
-            return resolver.closure, included
+            for spec, interpreter in stacks.items():
+                if spec is interpreter:
+                    interpreters.check_library(spec)
+            return resolver.closure, included, stacks
         included += new
 
 
@@ -250,13 +263,20 @@ def run(env, options: Options) -> Result:
         )
         layout = stage.Layout(nodes)
         progress = _Progress(3 if options.dry_run else 9, interrupts.check, quiet=options.json)
+        rules = stage.DataRules(tuple(options.exclude), tuple(options.keep))
         with progress.stage("closure", "closure: resolving shared libraries"):
-            libraries, included = _closure(found, nodes, layout, policy, options.include)
+            libraries, included, stacks = _closure(found, nodes, layout, policy,
+                                                   options.include, rules, options.exclude_specs)
+        rules = rules.with_never_needed(interpreters.never_needed_in(stacks))
         with progress.stage("plan", "plan: what the AppDir holds"):
-            plan = stage.plan(found, libraries, layout, [i.path for i in included],
-                              stage.DataRules(tuple(options.exclude), tuple(options.keep)))
+            plan = stage.plan(found, libraries, layout, [i.path for i in included], rules,
+                              {s: interpreters.trees(s, i) for s, i in stacks.items()})
+            run_environment = runenv.compute([e.spec for e in found] + list(stacks), layout,
+                                             plan.files, spack.store.STORE.root)
         result = Result(None, found, libraries, plan, progress.timings, included,
-                        started=started)
+                        started=started, stacks=stacks, run_environment=run_environment)
+        for name, value in run_environment.dropped:
+            tty.warn(f"{name}={value} is not set in the image: it names the store")
         if options.dry_run:
             with progress.stage("report", "dry run: nothing written", draws=True):
                 data = report.collect(result, layout, policy.always_there)
@@ -271,11 +291,13 @@ def run(env, options: Options) -> Result:
             with _appdir(options.keep_appdir) as appdir:
                 with progress.stage("stage", f"stage: copying {len(plan.files)} files"):
                     stage.materialize(plan, appdir)
+                    bytecode.make_valid(appdir, bytecode.python_sources(
+                        plan.files, interpreters.python_executables(stacks)))
                 with progress.stage("relocate", "relocate: $ORIGIN-relative RPATHs"):
                     relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
                 with progress.stage("apprun", "apprun: dispatcher, entry table, desktop file"):
                     apprun.install(appdir, found, layout, libraries, policy,
-                                   options.default_entry)
+                                   options.default_entry, run_environment.changes)
                     desktop.write(appdir, options.output, [e.name for e in found],
                                   options.default_entry)
                 with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
@@ -324,6 +346,7 @@ def _manifest(result: Result, layout, options: Options, appdir: Optional[str]) -
         result.closure.host_requirements(),
         glibc_requirement(result.closure.objects.values()),
         list(options.command),
+        result.run_environment.as_records(),
     )
 
 

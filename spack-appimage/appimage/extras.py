@@ -9,6 +9,8 @@ Plugin rules add what a bundled package is known to dlopen, by package name
 (:data:`PLUGIN_RULES`): the component directories of MPI implementations and of the
 libraries they load them through. A rule applies when the spec is bundled, i.e. when any
 of its files is in the closure (an external MPI stays on the host with its plugins).
+Interpreters dlopen the shared objects of their library and module trees: those of a
+bundled interpreter and of its extensions come in the same way.
 """
 
 import glob
@@ -16,6 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Sequence, Tuple
 
+from . import interpreters
 from .errors import AppImageError
 
 #: package name -> prefix-relative globs of what it dlopens
@@ -88,11 +91,18 @@ def requested(includes: Sequence[str], nodes: Sequence) -> List[Included]:
     return result
 
 
-def by_rule(specs: Iterable) -> List[Included]:
-    """Plugin files of the bundled ``specs`` that have a rule."""
-    return [
+def by_rule(specs: Iterable, stacks: Dict) -> List[Included]:
+    """Plugin files of the bundled ``specs`` that have a rule, and the shared objects in
+    the trees of interpreted ``stacks`` (spec -> its interpreter, see :mod:`interpreters`)."""
+    plugins = [
         item
         for spec in specs
         if not spec.external and spec.name in PLUGIN_RULES
         for item in _files(spec, PLUGIN_RULES[spec.name], f"plugin rule for {spec.name}")
+    ]
+    return plugins + [
+        item
+        for spec, interpreter in stacks.items()
+        for item in _files(spec, interpreters.shared_object_globs(spec, interpreter),
+                           f"module of {interpreter.name}")
     ]

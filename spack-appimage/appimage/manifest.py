@@ -11,6 +11,7 @@ The manifest (``.appimage/manifest.json`` in the AppDir; printed by the runtime'
   concrete spec, which is the same record). The build environment (``.spack/
   spack-build-env.txt``) is never read: it can hold secrets;
 * ``host``: each library the host must provide and why, and the oldest glibc;
+* ``run_environment``: what AppRun sets before an entry runs (:mod:`runenv`);
 * ``files`` and ``links``: every path in the image with size and sha256, or target;
 * ``tool``, ``spack``: the versions that built it, and ``command``, the command line.
 
@@ -114,6 +115,7 @@ def build(
     host: Dict[str, str],
     glibc: Optional[str],
     command: List[str],
+    run_environment: List[dict] = (),
 ) -> dict:
     """The manifest of the AppDir ``appdir`` as staged (call it last); with no
     ``appdir`` (a dry run), everything but the file records."""
@@ -134,6 +136,7 @@ def build(
         ],
         "specs": sorted(specs, key=lambda r: (r["name"], r["hash"])),
         "host": {"glibc": glibc, "libraries": dict(sorted(host.items()))},
+        "run_environment": list(run_environment),
         "files": files,
         "links": links,
     }

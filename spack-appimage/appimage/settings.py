@@ -25,6 +25,8 @@ KEYS = {
     "include": (list, "list of SPEC:GLOB files to bundle beyond the ELF closure"),
     "exclude": (list, "list of prefix-relative globs of data files to leave out"),
     "keep": (list, "list of prefix-relative globs of data files to keep"),
+    "exclude_specs": (list, "list of extension names (or globs) not bundled with their "
+                            "interpreter"),
 }
 
 

@@ -26,6 +26,7 @@ Copies get normalized modes (0755 if executable by anyone, else 0644): no setuid
 sticky or group/world-writable bits travel.
 """
 
+import dataclasses
 import fnmatch
 import os
 import shutil
@@ -135,6 +136,17 @@ class DataRules:
 
     exclude: Tuple[str, ...] = ()
     keep: Tuple[str, ...] = ()
+    #: what interpreters never need at run time (:func:`interpreters.never_needed`)
+    never_needed: Tuple[str, ...] = ()
+
+    def with_never_needed(self, globs: Tuple[str, ...]) -> "DataRules":
+        return dataclasses.replace(self, never_needed=globs)
+
+    def leaves_out(self, path: str, prefix: str) -> bool:
+        """Whether ``path`` (in ``prefix``) or a directory above it is left out."""
+        rel_path = os.path.relpath(path, prefix)
+        parts = rel_path.split(os.sep)
+        return any(self.rule_for(os.sep.join(parts[:n])) for n in range(1, len(parts) + 1))
 
     def rule_for(self, rel_path: str) -> Optional[str]:
         """The rule that leaves ``rel_path`` out (for the dry-run report), or None."""
@@ -144,8 +156,8 @@ class DataRules:
             return None
         if any(p.startswith(rel_path + "/") for p in self.keep):
             return None  # a directory on the way to something kept
-        return next((p for p in EXCLUDED + self.exclude if fnmatch.fnmatchcase(rel_path, p)),
-                    None)
+        return next((p for p in EXCLUDED + self.never_needed + self.exclude
+                     if fnmatch.fnmatchcase(rel_path, p)), None)
 
 
 #: Why an ELF file under a data directory is left out: only the closure brings ELF files.
@@ -206,10 +218,11 @@ class Planner:
             path = target
         raise AppImageError(f"too many levels of symbolic links at {path}")
 
-    def add_data(self, owner: Owner, staged_prefixes: Tuple[str, ...]) -> None:
+    def add_data(self, owner: Owner, staged_prefixes: Tuple[str, ...],
+                 trees: Tuple[str, ...] = DATA_TREES) -> None:
         from .closure import read_elf
 
-        for tree in DATA_TREES:
+        for tree in trees:
             top = os.path.join(owner.prefix, tree)
             for root, dirs, files in os.walk(top):
                 rel_root = os.path.relpath(root, owner.prefix)
@@ -272,11 +285,13 @@ def materialize(plan: Plan, appdir: str) -> None:
 
 def plan(
     entries: Iterable, closure, layout: Layout, included: Iterable[str] = (),
-    rules: DataRules = DataRules(),
+    rules: DataRules = DataRules(), trees: Optional[Dict] = None,
 ) -> Plan:
     """The AppDir for ``entries`` and their ``closure``: programs, libraries through
     their load paths, ``included`` files, then the data files of every spec that
-    contributed one, filtered by ``rules``."""
+    contributed one, and the ``trees`` (spec -> prefix-relative directories: an
+    interpreter's library, an extension's modules) of specs that may contribute nothing
+    else, filtered by ``rules``."""
     planner = Planner(layout, rules)
     for entry in entries:
         planner.add_chain(entry.path, BINARY)
@@ -287,9 +302,10 @@ def plan(
             planner.add_chain(load_path, LIBRARY)
     for path in included:
         planner.add_chain(path, LIBRARY if closure.objects.get(os.path.realpath(path)) else DATA)
-    owners = {layout.owner(src) for src in planner.plan.files.values()}
+    extra_trees = {layout.owner(os.path.realpath(s.prefix)): t for s, t in (trees or {}).items()}
+    owners = {layout.owner(src) for src in planner.plan.files.values()} | set(extra_trees)
     specs = sorted((o for o in owners if o.is_spec), key=lambda o: o.label)
     prefixes = tuple(o.prefix for o in specs)
     for owner in specs:
-        planner.add_data(owner, prefixes)
+        planner.add_data(owner, prefixes, DATA_TREES + extra_trees.get(owner, ()))
     return planner.plan

@@ -12,6 +12,10 @@
  *     path <TAB> DIR                   (prepended to PATH, in order)
  *     glibc <TAB> X.Y                  (the newest GLIBC_X.Y the bundled files need)
  *     host <TAB> ENTRY <TAB> LIB <TAB> WHY   (a library ENTRY needs from the host)
+ *     env <TAB> OP <TAB> NAME <TAB> VALUE <TAB> SEP
+ *                                      (the bundled specs' run environment, applied in
+ *                                      order before PATH; OP is set, unset, prepend or
+ *                                      append; ${APPDIR} in VALUE is this AppDir)
  *
  * Before running an entry it checks, cheaply, what would otherwise fail inside the
  * loader with a less helpful message: a host glibc older than the image needs, and host
@@ -61,6 +65,12 @@ struct host_lib {
 static struct host_lib host_libs[MAX_ENTRIES];
 static int n_host_libs;
 
+struct env_change {
+    const char *op, *name, *value, *separator;
+};
+static struct env_change env_changes[MAX_ENTRIES];
+static int n_env_changes;
+
 static const char *base_name(const char *path) {
     const char *slash = strrchr(path, '/');
     return slash ? slash + 1 : path;
@@ -94,8 +104,8 @@ static int split(char *line, char **fields, int max) {
 /* Splits the entries file in place. Returns 0 on success. */
 static int parse(char *text) {
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        char *f[5] = {NULL};
-        int n = split(line, f, 5);
+        char *f[6] = {NULL};
+        int n = split(line, f, 6);
         const char *kind = f[0], *a = f[1], *b = f[2];
         if (n < 2) continue;
         if (!strcmp(kind, "entry") && b && n_entries < MAX_ENTRIES)
@@ -108,6 +118,8 @@ static int parse(char *text) {
             glibc_needed = a;
         else if (!strcmp(kind, "host") && n >= 4 && n_host_libs < MAX_ENTRIES)
             host_libs[n_host_libs++] = (struct host_lib){a, b, f[3]};
+        else if (!strcmp(kind, "env") && n >= 5 && n_env_changes < MAX_ENTRIES)
+            env_changes[n_env_changes++] = (struct env_change){a, b, f[3], f[4]};
     }
     return n_entries > 0 ? 0 : -1;
 }
@@ -259,6 +271,54 @@ static void check_host(const char *entry) {
     }
 }
 
+/* ------------------------------------------------------ the run environment */
+
+/* `value` with every ${APPDIR} replaced by `appdir` (malloc'd; NULL if out of memory). */
+static char *with_appdir(const char *value, const char *appdir) {
+    static const char token[] = "${APPDIR}";
+    size_t count = 0, token_len = sizeof token - 1;
+    for (const char *p = strstr(value, token); p; p = strstr(p + token_len, token)) count++;
+    char *out = malloc(strlen(value) + count * strlen(appdir) + 1);
+    if (!out) return NULL;
+    char *o = out;
+    for (const char *p = value, *hit; *p; p = hit + token_len) {
+        if (!(hit = strstr(p, token))) {
+            strcpy(o, p);
+            return out;
+        }
+        memcpy(o, p, hit - p);
+        o += hit - p;
+        o = stpcpy(o, appdir);
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Applies the table's env lines in order; returns -1 if out of memory. */
+static int apply_run_environment(const char *appdir) {
+    for (int i = 0; i < n_env_changes; i++) {
+        const struct env_change *c = &env_changes[i];
+        if (!strcmp(c->op, "unset")) {
+            unsetenv(c->name);
+            continue;
+        }
+        char *value = with_appdir(c->value, appdir);
+        if (!value) return -1;
+        const char *old = getenv(c->name);
+        int prepend = !strcmp(c->op, "prepend");
+        if ((prepend || !strcmp(c->op, "append")) && old && *old) {
+            char *joined = malloc(strlen(value) + strlen(c->separator) + strlen(old) + 1);
+            if (!joined) return free(value), -1;
+            sprintf(joined, "%s%s%s", prepend ? value : old, c->separator, prepend ? old : value);
+            free(value);
+            value = joined;
+        }
+        setenv(c->name, value, 1);
+        free(value);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     char self[PATH_MAX];
     ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -294,6 +354,10 @@ int main(int argc, char **argv) {
     }
     if (!chosen) return usage(image, argc > 1 ? argv[1] : NULL);
     check_host(chosen->name);
+    if (apply_run_environment(self) != 0) {
+        fprintf(stderr, "AppRun: out of memory\n");
+        return 127;
+    }
 
     /* Bundled bin directories first, so that entries can call each other. */
     const char *old_path = getenv("PATH");

@@ -76,6 +76,11 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
         help="keep data files matching GLOB that the default rules leave out (repeatable)",
     )
     subparser.add_argument(
+        "--exclude-spec", action="append", metavar="NAME",
+        help="do not bundle the extension NAME (a package name or glob) with its "
+        "interpreter (repeatable)",
+    )
+    subparser.add_argument(
         "--host-lib", action="append", metavar="PATTERN",
         help="take libraries whose name matches PATTERN from the host (repeatable)",
     )
@@ -133,6 +138,7 @@ def appimage(parser, args):
         include=settings.get("include", args.include),
         exclude=settings.get("exclude", args.exclude),
         keep=settings.get("keep", args.keep),
+        exclude_specs=settings.get("exclude_specs", args.exclude_spec),
         host_libs=settings.get("host_libs", args.host_lib),
         bundle_libs=settings.get("bundle_libs", args.bundle_lib),
         bundle_externals=bool(settings.get("bundle_externals", args.bundle_externals)),

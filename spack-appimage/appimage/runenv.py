@@ -1,0 +1,121 @@
+"""The run environment of the bundled specs, as ``spack load`` would set it.
+
+Packages tell Spack what their users need in the environment (``setup_run_environment``,
+and a dependency's ``setup_dependent_run_environment``: CPython puts each extension's
+``site-packages`` on ``PYTHONPATH``, Perl its modules on ``PERL5LIB``, ...). The image
+applies the same modifications, computed by Spack's own ``SetupContext`` in the run
+context, with every bundled store prefix replaced by ``${APPDIR}/opt/<label>`` (AppRun
+substitutes the mount point before running the entry). The build environment is never
+used.
+
+A path element that names a store path with nothing in the image (a prefix that is not
+bundled, a ``lib64`` that does not exist) is dropped, so no entry ever looks into the
+store; a plain value that still names the store after the rewrite is dropped too, and
+reported (:attr:`RunEnvironment.dropped`).
+
+Only what AppRun can do in order is kept: set, unset, prepend and append (path
+variables, with their separator). Spack's other operations (remove a path element,
+deduplicate) are about an interactive shell's existing state, not an image's.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Tuple
+
+#: What AppRun replaces with the AppDir's path in a value.
+APPDIR = "${APPDIR}"
+
+
+@dataclass
+class RunEnvironment:
+    #: (operation, variable, value, separator): operation is set, unset, prepend or append
+    changes: List[Tuple[str, str, str, str]] = field(default_factory=list)
+    #: (variable, value) Spack would set that names the store outside the image
+    dropped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def as_records(self) -> List[dict]:
+        return [dict(zip(("op", "name", "value", "separator"), c)) for c in self.changes]
+
+
+def _rewriter(layout, staged_dirs: Iterable[str]):
+    """host path -> AppDir path (with ${APPDIR}), or None when the image lacks it."""
+    staged = set(staged_dirs)
+
+    def rewrite(path: str):
+        owner = layout.owner(os.path.realpath(path) if os.path.exists(path) else path)
+        if not owner.is_spec:
+            return None
+        dest = layout.dest(path)
+        if dest.rstrip(os.sep) not in staged:
+            return None
+        return os.path.normpath(os.path.join(APPDIR, dest))
+
+    return rewrite
+
+
+def staged_directories(files: Iterable[str]) -> set:
+    """Every directory that holds a staged file, at any depth (AppDir-relative)."""
+    dirs = set()
+    for dest in files:
+        parent = os.path.dirname(dest)
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+    return dirs
+
+
+def compute(specs: Iterable, layout, staged_files: Iterable[str], store_root: str
+            ) -> RunEnvironment:
+    """The run environment of ``specs`` (the entries' and the bundled extensions'),
+    rewritten into the image."""
+    import spack.build_environment
+    import spack.util.environment as environment
+    from spack.context import Context
+
+    specs = list(specs)
+    result = RunEnvironment()
+    if not specs:
+        return result
+    context = spack.build_environment.SetupContext(*specs, context=Context.RUN)
+    context.set_all_package_py_globals()
+    rewrite = _rewriter(layout, staged_directories(staged_files))
+    prefixes = specs_prefixes(specs, layout)
+    path_ops = {environment.PrependPath: "prepend", environment.AppendPath: "append"}
+    for change in context.get_env_modifications().env_modifications:
+        kind = type(change)
+        if kind in path_ops:
+            value = rewrite(change.value)
+            if value is not None:
+                result.changes.append((path_ops[kind], change.name, value, change.separator))
+        elif kind in (environment.SetEnv, environment.SetPath):
+            separator = getattr(change, "separator", os.pathsep)
+            value = change.value
+            if isinstance(value, (list, tuple)):
+                value = separator.join(value)
+            value = _rewrite_prefixes(str(value), prefixes)
+            if store_root in value:
+                result.dropped.append((change.name, value))
+            else:
+                result.changes.append(("set", change.name, value, separator))
+        elif kind is environment.UnsetEnv:
+            result.changes.append(("unset", change.name, "", ""))
+    return result
+
+
+def specs_prefixes(specs: Iterable, layout) -> Dict[str, str]:
+    """store prefix -> ``${APPDIR}/opt/<label>`` for the non-external specs given and
+    their link/run dependencies."""
+    import spack.traverse
+
+    return {
+        os.path.realpath(s.prefix): os.path.normpath(
+            os.path.join(APPDIR, layout.dest(os.path.realpath(s.prefix))))
+        for s in spack.traverse.traverse_nodes(list(specs), deptype=("link", "run"))
+        if not s.external
+    }
+
+
+def _rewrite_prefixes(value: str, prefixes: Dict[str, str]) -> str:
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        value = value.replace(prefix, prefixes[prefix])
+    return value
