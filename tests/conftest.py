@@ -173,6 +173,113 @@ def site(tmp_path_factory):
     return spack_
 
 
+#: Where real software built from offline sources is kept across test runs (a source
+#: mirror and a Spack store): building it costs minutes, reusing it seconds.
+CACHE = os.environ.get("SPACK_APPIMAGE_TEST_CACHE") or os.path.expanduser(
+    "~/.cache/spack-appimage-tests")
+OFFLINE = os.path.join(HERE, "offline")
+
+#: Debian's build tools and libraries that the offline builds take as externals.
+OFFLINE_PACKAGES_YAML = """\
+packages:
+  gettext:
+    externals: [{spec: gettext@0.21, prefix: /usr}]
+    buildable: false
+  libffi:
+    externals: [{spec: libffi@3.4.4, prefix: /usr}]
+    buildable: false
+  pkgconf:
+    externals: [{spec: pkgconf@1.8.1, prefix: /usr}]
+    buildable: false
+  perl:
+    externals: [{spec: perl@5.36.0, prefix: /usr}]
+    buildable: false
+  autoconf:
+    externals: [{spec: autoconf@2.71, prefix: /usr}]
+    buildable: false
+  automake:
+    externals: [{spec: automake@1.16.5, prefix: /usr}]
+    buildable: false
+  libtool:
+    externals: [{spec: libtool@2.4.7, prefix: /usr}]
+    buildable: false
+  m4:
+    externals: [{spec: m4@1.4.19, prefix: /usr}]
+    buildable: false
+  findutils:
+    externals: [{spec: findutils@4.9.0, prefix: /usr}]
+    buildable: false
+  diffutils:
+    externals: [{spec: diffutils@3.8, prefix: /usr}]
+    buildable: false
+  zlib-api:
+    require: zlib
+  zlib:
+    require: "@1.2.13"
+  xz:
+    require: "@5.4.1"
+  numactl:
+    require: "@2.0.16"
+  mpi:
+    require: openmpi
+"""
+
+#: The offline environments: real CPython with py-* packages (a pure-Python one, one
+#: with a C module, one with a console script), built from Debian's and PyPI's files;
+#: an MPI program with a Spack-built Open MPI (about 8 more minutes).
+OFFLINE_ENVS = {
+    "mpi": [
+        "ai-mpi ^openmpi@4.1.4 +internal-hwloc +internal-libevent +internal-pmix ~rsh "
+        "fabrics=none schedulers=none",
+    ],
+    "py": [
+        "python@3.11.2 ~ssl ~sqlite3 ~dbm ~readline ~uuid ~crypt ~bz2 ~pyexpat ~tkinter "
+        "+zlib +lzma +ctypes",
+        "py-six@1.17.0",
+        "py-markupsafe@3.0.2",
+        "py-wheel@0.45.1",
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def offline_site():
+    """Spack with real software built from Debian's and PyPI's files (tests/offline), in
+    a store under :data:`CACHE` that later runs reuse: the first run fetches the sources
+    (tests/offline/fetch-sources) and builds CPython and its packages, and Open MPI
+    (about 12 minutes on 2 cores)."""
+    mirror = os.path.join(CACHE, "mirror")
+    fetched = subprocess.run([sys.executable, os.path.join(OFFLINE, "fetch-sources"), mirror],
+                             capture_output=True, text=True)
+    if fetched.returncode != 0:
+        pytest.fail("tests/offline/fetch-sources could not get the sources of the offline "
+                    f"builds (it needs apt-get and PyPI):\n{fetched.stderr}", pytrace=False)
+    root = os.path.join(CACHE, "offline-site")
+    config = _user_config(
+        os.path.join(root, "config"),
+        install_tree=f"\n    root: {root}/store",
+        extensions=f"\n  - {EXTENSION}",
+    )
+    with open(os.path.join(config, "mirrors.yaml"), "w") as f:
+        f.write(f"mirrors:\n  offline:\n    url: file://{mirror}\n    source: true\n"
+                "    binary: false\n")
+    with open(os.path.join(config, "packages.yaml"), "w") as f:
+        f.write(OFFLINE_PACKAGES_YAML)
+    spack_ = Spack(root)
+    spack_.envs = {}
+    for name, specs in OFFLINE_ENVS.items():
+        path = os.path.join(root, "envs", name)
+        os.makedirs(path, exist_ok=True)
+        # The overlay comes first (an environment's repos precede the site's builtin).
+        with open(os.path.join(path, "spack.yaml"), "w") as f:
+            f.write(f"spack:\n  specs: {specs}\n  view: false\n  repos:\n"
+                    f"    appimage_offline: {OFFLINE}/repo/spack_repo/appimage_offline\n"
+                    f"    appimage_test: {TEST_REPO}\n")
+        spack_("install", "--fail-fast", f"-j{os.cpu_count()}", env=path)
+        spack_.envs[name] = path
+    return spack_
+
+
 @pytest.fixture(scope="session")
 def stub_runtime(tmp_path_factory):
     """A stand-in type-2 runtime (see tests/data/stub_runtime.c), built with gcc."""

@@ -129,6 +129,38 @@ def test_script_entries_run_with_the_bundled_interpreter(site, tmp_path):
             assert sbang.stdout == "via sbang\nargs:\n", sbang.stderr
 
 
+def test_script_whose_interpreter_is_nowhere_is_an_error(site, tmp_path):
+    result = site("appimage", "--entry", "say-nowhere", "-o", str(tmp_path / "x.app"),
+                  env=site.env, check=False)
+    assert result.returncode == 1
+    assert ("--entry say-nowhere: the interpreter /opt/nowhere/bin/tclsh of this script is "
+            "neither in the environment nor a program on this machine") in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.app").exists()
+
+
+def test_apprun_applies_the_run_environment_in_order(tmp_path):
+    appdir = tmp_path / "AppDir"
+    (appdir / "bin").mkdir(parents=True)
+    os.symlink(shutil.which("env"), appdir / "bin" / "env")
+    apprun.write_table(str(appdir), [apprun.EntryPoint("env", "bin/env")], None, ["bin"],
+                       run_environment=[
+                           ("prepend", "PYTHONPATH", "${APPDIR}/a", ":"),
+                           ("prepend", "PYTHONPATH", "${APPDIR}/b", ":"),
+                           ("append", "LIST", "${APPDIR}/z;${APPDIR}/y", ";"),
+                           ("set", "OPAL_PREFIX", "${APPDIR}/opt/openmpi", ""),
+                           ("unset", "GONE", "", ""),
+                       ])
+    shutil.copy(apprun.build(), appdir / "AppRun")
+    result = subprocess.run([appdir / "AppRun"], capture_output=True, text=True, check=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "/host", "LIST": "x",
+                                 "GONE": "1"})
+    seen = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert seen["PYTHONPATH"] == f"{appdir}/b:{appdir}/a:/host"
+    assert seen["LIST"] == f"x;{appdir}/z;{appdir}/y"
+    assert seen["OPAL_PREFIX"] == f"{appdir}/opt/openmpi"
+    assert "GONE" not in seen
+
+
 def test_glibc_requirement_is_read_from_symbol_versions(tmp_path):
     # A stand-in libc.so.6 defining GLIBC_2.99, and a library that uses it.
     stub = tmp_path / "stub"

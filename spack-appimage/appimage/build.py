@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import spack.llnl.util.tty as tty
 
 from . import apprun, assemble, bytecode, closure, desktop, entries, extras, interpreters, manifest
-from . import relocate, report, runenv
+from . import leaks, relocate, report, runenv
 from . import runtime, squashfs, stage
 from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError
 from . import policy as host_policy
@@ -68,6 +68,8 @@ class Result:
     #: interpreted stacks: spec -> its interpreter (see :mod:`interpreters`)
     stacks: Dict = field(default_factory=dict)
     run_environment: runenv.RunEnvironment = field(default_factory=runenv.RunEnvironment)
+    #: owner label -> AppDir paths of files that still name the store (:mod:`leaks`)
+    store_paths: Dict[str, List[str]] = field(default_factory=dict)
     #: when the command started (perf_counter), for the last line's elapsed time
     started: float = 0.0
 
@@ -177,6 +179,8 @@ def _closure(found, nodes, layout, policy, include, rules, left_out):
                 parsed = resolver.parse(os.path.realpath(item.path))
                 if parsed is not None and parsed.shared:
                     resolver.add_library(item.path)
+                elif parsed is not None and parsed.interpreter:  # a program it execs
+                    resolver.add_executable(item.path)
         bundled = {layout.owner(p).spec for p in resolver.closure.objects} - {None}
         stacks = interpreters.stacks(bundled, nodes, left_out)
         active = rules.with_never_needed(interpreters.never_needed_in(stacks))
@@ -186,6 +190,7 @@ def _closure(found, nodes, layout, policy, include, rules, left_out):
             for spec, interpreter in stacks.items():
                 if spec is interpreter:
                     interpreters.check_library(spec)
+            interpreters.check_extensions_have_interpreter({i.spec for i in included}, stacks)
             return resolver.closure, included, stacks
         included += new
 
@@ -271,12 +276,21 @@ def run(env, options: Options) -> Result:
         with progress.stage("plan", "plan: what the AppDir holds"):
             plan = stage.plan(found, libraries, layout, [i.path for i in included], rules,
                               {s: interpreters.trees(s, i) for s, i in stacks.items()})
-            run_environment = runenv.compute([e.spec for e in found] + list(stacks), layout,
-                                             plan.files, spack.store.STORE.root)
+            run_environment = runenv.compute(
+                [e.spec for e in found] + list(stacks), layout, plan.files,
+                spack.store.STORE.root,
+                extras.relocating_variables(_bundled_specs(plan, layout)))
+            store_paths = leaks.find(plan.files, stage.owner_of_dest, spack.store.STORE.root)
         result = Result(None, found, libraries, plan, progress.timings, included,
-                        started=started, stacks=stacks, run_environment=run_environment)
-        for name, value in run_environment.dropped:
-            tty.warn(f"{name}={value} is not set in the image: it names the store")
+                        started=started, stacks=stacks, run_environment=run_environment,
+                        store_paths=store_paths)
+        if not options.json:
+            for name, value in run_environment.dropped:
+                tty.warn(f"{name}={value} is not set in the image: it names the store")
+            if not options.dry_run:
+                for label, paths in store_paths.items():
+                    tty.warn(f"{len(paths)} files of {label} name the store; programs reading "
+                             "them may fail on other machines (--dry-run lists them)")
         if options.dry_run:
             with progress.stage("report", "dry run: nothing written", draws=True):
                 data = report.collect(result, layout, policy.always_there)

@@ -13,6 +13,7 @@ Forms of ``--entry``:
 """
 
 import os
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -36,10 +37,16 @@ class Entry:
         return self.interpreter or self.path
 
 
+#: The second line of pip's launcher for an interpreter whose path is too long for a
+#: ``#!`` line (distlib's "exec shim"), after a first line ``#!/bin/sh``.
+_PIP_SHIM = re.compile(rb"^'''exec' (\S+) \"\$0\" \"\$@\"$")
+
+
 def read_shebang(path: str) -> Optional[Tuple[str, Optional[str]]]:
     """(interpreter, argument) of a script, seeing through Spack's sbang form (a first line
-    ``#!/bin/sh <store>/bin/sbang`` and the real shebang on the second); None if ``path``
-    is not a script. Like the kernel, everything after the interpreter is one argument."""
+    ``#!/bin/sh <store>/bin/sbang`` and the real shebang on the second) and through pip's
+    exec shim (console scripts of ``py-*`` packages in a deep store); None if ``path`` is
+    not a script. Like the kernel, everything after the interpreter is one argument."""
     with open(path, "rb") as f:
         head = f.read(4096)
     if not head.startswith(b"#!"):
@@ -48,6 +55,9 @@ def read_shebang(path: str) -> Optional[Tuple[str, Optional[str]]]:
     first = lines[0][2:].decode(errors="replace").strip()
     if first.split()[-1:] and os.path.basename(first.split()[-1]) == "sbang" and len(lines) > 1:
         first = lines[1].lstrip(b"#!").decode(errors="replace").strip()
+    shim = _PIP_SHIM.match(lines[1]) if len(lines) > 1 and first == "/bin/sh" else None
+    if shim:
+        return shim.group(1).decode(errors="replace"), None
     interpreter, _, argument = first.partition(" ")
     return interpreter, argument.strip() or None
 
@@ -119,16 +129,25 @@ def find(request: str, nodes: Sequence) -> Entry:
             "give a program name such as `hello`, or a prefix-relative path such as "
             "`libexec/hello`",
         )
-    found = []
+    found = {}  # real path -> entry: a program reached from several prefixes is one
     for spec in candidates:
         path = os.path.join(spec.prefix, rel_path)
-        if os.path.lexists(path):
-            if not _inside(path, spec.prefix):
-                raise EntryError(
-                    f"--entry {request}: {path} leads outside the prefix of {spec.name}",
-                    "name a program that belongs to the spec",
-                )
-            found.append(Entry(os.path.basename(rel_path), spec, path))
+        if not os.path.lexists(path):
+            continue
+        if _inside(path, spec.prefix):
+            found[os.path.realpath(path)] = Entry(os.path.basename(rel_path), spec, path)
+            continue
+        # A link into another spec of the environment stands for that spec's program, as
+        # in Spack's views: python-venv's bin/python3 is the python spec's interpreter.
+        owner = next((s for s in nodes if not s.external and _inside(path, s.prefix)), None)
+        if owner is None:
+            raise EntryError(
+                f"--entry {request}: {path} leads outside the prefix of {spec.name}",
+                "name a program that belongs to a spec of the environment",
+            )
+        found.setdefault(os.path.realpath(path),
+                         Entry(os.path.basename(rel_path), owner, os.path.realpath(path)))
+    found = list(found.values())
     if not found:
         raise EntryError(
             f"--entry {request}: no {rel_path} in the environment's installed specs",
@@ -176,6 +195,13 @@ def _with_interpreter(entry: Entry, request: str, nodes: Sequence) -> Entry:
             "environment's link/run dependencies",
             f"add its package to the environment, or make it a run dependency of "
             f"{entry.spec.name}",
+        )
+    if not _is_executable_file(interpreter):
+        raise EntryError(
+            f"--entry {request}: the interpreter {interpreter} of this script is neither in "
+            "the environment nor a program on this machine",
+            f"add the package that provides it to the environment, or fix the #! line of "
+            f"{entry.path}",
         )
     return entry
 

@@ -21,19 +21,38 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 from . import interpreters
 from .errors import AppImageError
 
-#: package name -> prefix-relative globs of what it dlopens
+#: package name -> prefix-relative globs of what it dlopens, or execs by path
 PLUGIN_RULES: Dict[str, Tuple[str, ...]] = {
     # Open MPI's MCA components (and those of its bundled PMIx/PRRTE), dlopened by
-    # libopen-pal's component repository at MPI_Init.
-    "openmpi": ("lib/openmpi/*.so", "lib/pmix/*.so", "lib/prte/*.so"),
+    # libopen-pal's component repository at MPI_Init; the daemons a singleton MPI_Init
+    # or mpirun starts from the install prefix (orted in 4.x, prted in 5.x) and mpirun.
+    "openmpi": ("lib/openmpi/*.so", "lib/pmix/*.so", "lib/prte/*.so", "bin/orted",
+                "bin/orterun", "bin/mpirun", "bin/mpiexec", "bin/prted", "bin/prterun",
+                "bin/prte"),
     "pmix": ("lib/pmix/*.so",),
-    "prrte": ("lib/prte/*.so",),
+    "prrte": ("lib/prte/*.so", "bin/prted", "bin/prterun", "bin/prte"),
     # UCX transports (libuct_*.so) and libfabric providers (lib*-fi.so), loaded by name.
     "ucx": ("lib/ucx/*.so*",),
     "libfabric": ("lib/libfabric/*.so",),
     # hwloc's optional backends (only when built with plugins).
     "hwloc": ("lib/hwloc/*.so",),
 }
+
+
+#: package name -> variables that tell it where it is installed (set by AppRun to the
+#: spec's directory in the image: without them Open MPI looks for its help files,
+#: components and daemons under the store prefix compiled into it)
+RELOCATING_VARIABLES: Dict[str, Tuple[str, ...]] = {
+    "openmpi": ("OPAL_PREFIX",),
+    "pmix": ("PMIX_INSTALL_PREFIX",),
+    "prrte": ("PRTE_PREFIX",),
+}
+
+
+def relocating_variables(specs: Iterable) -> List[Tuple[str, object]]:
+    """(variable, spec) to set for the bundled ``specs`` that honour one."""
+    return [(variable, spec) for spec in sorted(specs, key=lambda s: s.name)
+            if not spec.external for variable in RELOCATING_VARIABLES.get(spec.name, ())]
 
 
 @dataclass(frozen=True)

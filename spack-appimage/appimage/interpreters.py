@@ -17,8 +17,12 @@ except those the user leaves out by name (``--exclude-spec``).
 
 What is never bundled (:func:`never_needed`), decided per language:
 
-* CPython: the test suites (``test/``, ``*/test/``, ``*/tests/``, ``idlelib/idle_test``),
-  which are a third of the tree and which nothing imports at run time; ``idlelib``,
+* CPython: the test suites (``test/``, ``*/test/``, ``*/tests/``, ``idlelib/idle_test``,
+  and the C test modules ``lib-dynload/_test*``, ``_ctypes_test``, ``_xxtestfuzz``,
+  ``xxlimited``), which are a third of the tree and which nothing imports at run time;
+  the pip and setuptools wheels of ``ensurepip/_bundled`` (a virtual environment made
+  with an image's interpreter points into a mount that is gone once the image exits, so
+  ``python -m venv`` has no use there; ``--without-pip`` still works); ``idlelib``,
   ``tkinter`` and ``turtledemo`` when the interpreter is built ``~tkinter`` (they cannot
   import without ``_tkinter``); bytecode of optimization levels 1 and 2 (``*.opt-1.pyc``,
   ``*.opt-2.pyc``: read only under ``python -O``, which then compiles in memory). The
@@ -162,7 +166,10 @@ def never_needed(spec) -> Tuple[str, ...]:
     if spec.name != "python":
         return ()
     tree = f"lib/python{spec.version.up_to(2)}"
+    dynload = f"{tree}/lib-dynload"
     globs = [f"{tree}/test", f"{tree}/*/test", f"{tree}/*/tests", f"{tree}/idlelib/idle_test",
+             f"{dynload}/_test*", f"{dynload}/_ctypes_test*", f"{dynload}/_xxtestfuzz*",
+             f"{dynload}/xxlimited*", f"{tree}/ensurepip/_bundled",
              "*.opt-1.pyc", "*.opt-2.pyc"]
     if not spec.satisfies("+tkinter"):
         globs += [f"{tree}/idlelib", f"{tree}/tkinter", f"{tree}/turtledemo"]
@@ -184,3 +191,23 @@ def python_executables(stacks: Dict) -> Dict[str, str]:
             interpreter.prefix, "bin", f"python{interpreter.version.up_to(2)}")
         for spec, interpreter in stacks.items() if interpreter.name == "python"
     }
+
+
+def check_extensions_have_interpreter(specs: Iterable, stacks: Dict) -> None:
+    """An extension bundled (by ``--include``) without the interpreter it extends cannot
+    be imported by anything in the image."""
+    bundled = {spec.dag_hash() for spec in stacks}
+    for spec in specs:
+        target = extendee(spec)
+        if target is not None and spec.dag_hash() not in bundled:
+            label = spec.cformat("{name}{@version}{/hash:7}")
+            raise AppImageError(
+                f"{label} extends {target.cformat('{name}{@version}{/hash:7}')}, which is not "
+                "in the image",
+                f"add an entry of {target.name} (e.g. --entry {_program(target)}) or leave "
+                f"{spec.name} out",
+            )
+
+
+def _program(interpreter) -> str:
+    return {"python": "python3", "r": "Rscript"}.get(interpreter.name, interpreter.name)

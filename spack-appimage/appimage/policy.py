@@ -16,7 +16,7 @@ import functools
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 GLIBC_FAMILY = (
     "ld-linux*.so.*",
@@ -89,7 +89,7 @@ class HostPolicy:
 
     Order: the glibc family and the vdso always; then ``bundle`` patterns (``--bundle-lib``)
     win over everything below; then the name ``rules`` (GPU drivers, ``--host-lib``); then
-    files under the prefix of an external spec (``externals``: prefix -> spec), unless
+    files under the prefix of an external spec (``externals``: (prefix, reason)), unless
     ``--bundle-externals`` left them out.
     """
 
@@ -110,9 +110,9 @@ class HostPolicy:
         """Why the library file found at ``real_path`` stays on the host, or None."""
         if self._bundled(os.path.basename(real_path)):
             return None
-        for prefix, spec in self.externals:
+        for prefix, reason in self.externals:
             if real_path.startswith(prefix.rstrip(os.sep) + os.sep):
-                return f"external {spec}"
+                return reason
         return None
 
     @staticmethod
@@ -140,12 +140,18 @@ def for_environment(
         rules.append(HostRule("--host-lib", tuple(host_libs)))
     # The C library is an external too, but its files are the glibc family above: as an
     # owner of /usr it would claim every system library.
-    externals = () if bundle_externals else tuple(
-        (os.path.realpath(s.prefix), s.cformat("{name}{@version}"))
-        for s in nodes
-        if s.external and s.external_path and not s.package.provides("libc")
+    externals: Dict[str, List[str]] = {}
+    for spec in nodes:
+        if spec.external and spec.external_path and not spec.package.provides("libc"):
+            externals.setdefault(os.path.realpath(spec.prefix), []).append(
+                spec.cformat("{name}{@version}"))
+    # Several externals in one prefix (/usr) cannot tell which of them a file is from.
+    reasons = tuple(
+        (prefix, f"external {names[0]}" if len(names) == 1
+         else f"externals in {prefix}: {', '.join(names)}")
+        for prefix, names in externals.items()
     )
-    return HostPolicy(tuple(rules), tuple(bundle_libs), externals)
+    return HostPolicy(tuple(rules), tuple(bundle_libs), () if bundle_externals else reasons)
 
 
 #: The policy with no environment and no overrides.

@@ -9,14 +9,18 @@
   host libraries are leaves, with the reason (glibc family, GPU driver, external spec);
 * the files ``--include`` and plugin rules add;
 * per spec, the bytes bundled as binaries, libraries and data;
+* the interpreters and extensions, with their trees and bytes, and the run environment
+  AppRun sets;
 * everything the host must provide, with the reason;
-* data files left out, with the rule that left each out, and symlinks left out;
+* files that still name the store;
+* data files left out, with the rule that left each out (one line per spec and rule
+  when a rule leaves out many), and symlinks left out;
 * totals.
 """
 
 import json
 import os
-from typing import List
+from typing import Dict, List
 
 from .stage import BINARY, DATA, LIBRARY
 
@@ -41,6 +45,10 @@ def collect(result, layout, always_there) -> dict:
              for label, by_kind in sorted(sizes.items())]
     host = sorted(result.closure.host_requirements().items())
     return {
+        "interpreters": _stacks(result, layout),
+        "run_environment": result.run_environment.as_records(),
+        "store_paths": [{"owner": label, "paths": paths}
+                        for label, paths in sorted(result.store_paths.items())],
         "entries": trees,
         "included": [{"path": layout.dest(i.path), "reason": i.reason}
                      for i in result.included],
@@ -59,6 +67,22 @@ def collect(result, layout, always_there) -> dict:
             "excluded": len(result.plan.excluded),
         },
     }
+
+
+def _stacks(result, layout) -> List[dict]:
+    """Each bundled interpreter and extension with its trees and their bytes."""
+    from .interpreters import trees
+
+    rows = []
+    for spec, interpreter in sorted(result.stacks.items(), key=lambda i: i[0].name):
+        owner = layout.owner(os.path.realpath(spec.prefix)).label
+        tops = [os.path.join("opt", owner, t) + os.sep for t in trees(spec, interpreter)]
+        size = sum(os.path.getsize(src) for dest, src in result.plan.files.items()
+                   if dest.startswith(tuple(tops)))
+        rows.append({"owner": owner, "role": "interpreter" if spec is interpreter
+                     else f"extension of {interpreter.name}",
+                     "trees": [t.rstrip(os.sep) for t in tops], "bytes": size})
+    return rows
 
 
 def _children(path, closure, layout, always_there, shown) -> List[dict]:
@@ -101,11 +125,23 @@ def text(report: dict) -> str:
     for spec in report["specs"] + [dict(totals, owner="total", total=totals["bytes"])]:
         lines.append(f"  {spec['owner']:50} " + " ".join(
             f"{spec[k]:>12,}" for k in KINDS + ("total",)))
+    if report["interpreters"]:
+        lines.append("interpreters and extensions:")
+        lines += [f"  {i['owner']:50} {i['bytes']:>12,}  {i['role']}: {', '.join(i['trees'])}"
+                  for i in report["interpreters"]]
+    if report["run_environment"]:
+        lines.append("run environment (set by AppRun):")
+        lines += [f"  {c['op']} {c['name']} {c['value']}".rstrip()
+                  for c in report["run_environment"]]
     lines.append("from the host:")
     lines += [f"  {h['library']:30} {h['reason']}" for h in report["host"]]
+    if report["store_paths"]:
+        lines.append("files that name the store (may fail on other machines):")
+        for leak in report["store_paths"]:
+            lines += [f"  {leak['owner']}: {path}" for path in leak["paths"]]
     if report["excluded"] or report["skipped_links"]:
         lines.append("left out:")
-    lines += [f"  {e['path']}  [{e['rule']}]" for e in report["excluded"]]
+    lines += _excluded_lines(report["excluded"])
     lines += [f"  {s['path']}  [{s['reason']}]" for s in report["skipped_links"]]
     lines.append(
         f"total: {totals['files']} files and {totals['links']} links, {totals['bytes']:,} "
@@ -113,6 +149,25 @@ def text(report: dict) -> str:
         f"the host; {totals['excluded']} paths left out"
     )
     return "\n".join(lines)
+
+
+#: A rule that leaves out more paths of one spec than this is shown as one line.
+GROUPED_ABOVE = 5
+
+
+def _excluded_lines(excluded: List[dict]) -> List[str]:
+    """One line per left-out path, or per (spec, rule) when a rule leaves out many (such
+    as CPython's bytecode of other optimization levels: over a thousand files)."""
+    groups: Dict[tuple, List[str]] = {}
+    for e in excluded:
+        groups.setdefault((e["owner"], e["rule"]), []).append(e["path"])
+    lines = []
+    for (owner, rule), paths in groups.items():
+        if len(paths) > GROUPED_ABOVE:
+            lines.append(f"  {len(paths)} paths of {owner}  [{rule}]")
+        else:
+            lines += [f"  {path}  [{rule}]" for path in paths]
+    return lines
 
 
 def _draw(nodes: List[dict], indent: str, lines: List[str]) -> None:

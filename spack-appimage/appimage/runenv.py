@@ -64,18 +64,17 @@ def staged_directories(files: Iterable[str]) -> set:
     return dirs
 
 
-def compute(specs: Iterable, layout, staged_files: Iterable[str], store_root: str
-            ) -> RunEnvironment:
+def compute(specs: Iterable, layout, staged_files: Iterable[str], store_root: str,
+            relocating: Iterable[Tuple[str, object]] = ()) -> RunEnvironment:
     """The run environment of ``specs`` (the entries' and the bundled extensions'),
-    rewritten into the image."""
+    rewritten into the image, then each (variable, spec) of ``relocating`` set to the
+    spec's directory in the image (``extras.RELOCATING_VARIABLES``)."""
     import spack.build_environment
     import spack.util.environment as environment
     from spack.context import Context
 
     specs = list(specs)
     result = RunEnvironment()
-    if not specs:
-        return result
     context = spack.build_environment.SetupContext(*specs, context=Context.RUN)
     context.set_all_package_py_globals()
     rewrite = _rewriter(layout, staged_directories(staged_files))
@@ -99,6 +98,10 @@ def compute(specs: Iterable, layout, staged_files: Iterable[str], store_root: st
                 result.changes.append(("set", change.name, value, separator))
         elif kind is environment.UnsetEnv:
             result.changes.append(("unset", change.name, "", ""))
+    for variable, spec in relocating:
+        prefix = os.path.realpath(spec.prefix)
+        result.changes.append(("set", variable, os.path.normpath(
+            os.path.join(APPDIR, layout.dest(prefix))), ""))
     return result
 
 

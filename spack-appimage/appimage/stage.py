@@ -90,11 +90,18 @@ class Layout:
     """Maps host paths to AppDir paths, by the spec that owns them."""
 
     def __init__(self, specs: Iterable):
+        import spack.util.environment
+
         self._by_prefix: Dict[str, Owner] = {}
-        # Specs built by Spack first: an external's prefix (often /usr) must not claim
-        # files under a store prefix that happens to be nested in it.
+        # Specs built by Spack first: an external's prefix must not claim files under a
+        # store prefix that happens to be nested in it. An external whose prefix is a
+        # system directory (/usr: glibc, gettext, ...) owns none of the files there: a
+        # library found in /usr/lib belongs to the host, not to whichever external came
+        # first.
         for spec in sorted(specs, key=lambda s: bool(s.external)):
             prefix = os.path.realpath(spec.prefix)
+            if spec.external and spack.util.environment.is_system_path(prefix):
+                continue
             self._by_prefix.setdefault(prefix, Owner(owner_label(spec), prefix, spec))
 
     @classmethod
@@ -122,6 +129,11 @@ class Layout:
         path = _resolve_parent(path)
         owner = self.owner(path)
         return os.path.join(OPT, owner.label, os.path.relpath(path, owner.prefix))
+
+
+def owner_of_dest(dest: str) -> str:
+    """The owner label of an AppDir path ``opt/<label>/...``."""
+    return dest.split(os.sep)[1]
 
 
 def _resolve_parent(path: str) -> str:
@@ -184,13 +196,13 @@ class Plan:
 
     def spec_labels(self) -> List[str]:
         """Labels of the specs with a file in the image (``opt/<label>``; not ``host``)."""
-        return sorted({dest.split(os.sep)[1] for dest in self.files} - {HOST_LABEL})
+        return sorted({owner_of_dest(dest) for dest in self.files} - {HOST_LABEL})
 
     def bytes_by_owner(self) -> Dict[str, Dict[str, int]]:
         """owner label -> kind -> bytes of the files to copy."""
         sizes: Dict[str, Dict[str, int]] = {}
         for dest, src in self.files.items():
-            by_kind = sizes.setdefault(dest.split(os.sep)[1], {BINARY: 0, LIBRARY: 0, DATA: 0})
+            by_kind = sizes.setdefault(owner_of_dest(dest), {BINARY: 0, LIBRARY: 0, DATA: 0})
             by_kind[self.kinds[dest]] += os.path.getsize(src)
         return sizes
 
@@ -300,8 +312,11 @@ def plan(
     for real_path in closure.libraries():
         for load_path in closure.load_paths[real_path]:
             planner.add_chain(load_path, LIBRARY)
+    programs = set(closure.entries)
     for path in included:
-        planner.add_chain(path, LIBRARY if closure.objects.get(os.path.realpath(path)) else DATA)
+        real = os.path.realpath(path)
+        planner.add_chain(path, BINARY if real in programs else
+                          LIBRARY if real in closure.objects else DATA)
     extra_trees = {layout.owner(os.path.realpath(s.prefix)): t for s, t in (trees or {}).items()}
     owners = {layout.owner(src) for src in planner.plan.files.values()} | set(extra_trees)
     specs = sorted((o for o in owners if o.is_spec), key=lambda o: o.label)

@@ -8,7 +8,8 @@ from spack.package import *
 
 class AiScript(Package):
     """Scripts whose shebang points into the store at ai-interp: one plain, one in Spack's
-    sbang form (a first line running sbang, the real shebang on the second)."""
+    sbang form (a first line running sbang, the real shebang on the second); and one
+    whose interpreter exists nowhere."""
 
     homepage = "https://example.invalid/ai-script"
     has_code = False
@@ -26,5 +27,8 @@ class AiScript(Package):
             spack.hooks.sbang.install_sbang()
             sbang_path = spack.hooks.sbang.sbang_install_path()
             f.write(f"#!/bin/sh {sbang_path}\n#!{interp}\nvia sbang\n")
-        for path in (plain, sbang):
+        nowhere = join_path(prefix.bin, "say-nowhere")
+        with open(nowhere, "w") as f:
+            f.write("#!/opt/nowhere/bin/tclsh\nputs nowhere\n")
+        for path in (plain, sbang, nowhere):
             os.chmod(path, 0o755)

@@ -1,0 +1,62 @@
+"""Files of the image that still name the store.
+
+Relocation makes every RPATH relative, but programs also find their files through
+paths compiled into them (a default prefix in ``.rodata``), written into scripts (a
+``#!`` line, pip's launcher) or into configuration files. On the build machine those
+work silently, by reading the store; elsewhere they fail. This finds them, so the dry
+run lists them and the build warns, per spec.
+
+Searched: every staged file, the bytes a program can read. For ELF files those are the
+sections loaded into memory, minus ``.dynstr`` (its RPATHs are relocated and audited
+separately); debug sections name build and source directories that nothing reads at
+run time. Not searched: ``.pyc`` files, whose only store path is the source file name
+compiled into the code objects, which only tracebacks show.
+
+The store root is a plain byte string, so this is a substring search (``bytes.find``)
+rather than Spack's relocation regex (``spack.relocate_text``), which also captures the
+characters around each match for the replacement it is made for.
+"""
+
+import os
+from typing import Dict, List
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.constants import SH_FLAGS
+from elftools.elf.elffile import ELFFile
+
+#: ELF sections searched although loaded: the dynamic string table holds RPATH/RUNPATH.
+_RELOCATED_SECTIONS = (".dynstr",)
+
+#: Files never searched (see the module docstring).
+SKIPPED_SUFFIXES = (".pyc",)
+
+
+def names_store(path: str, store: bytes) -> bool:
+    """Whether the file at ``path`` names ``store`` where a program could read it."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"\x7fELF":
+            try:
+                return _elf_names_store(ELFFile(f), store)
+            except ELFError:
+                pass
+        f.seek(0)
+        return f.read().find(store) >= 0
+
+
+def _elf_names_store(elf: ELFFile, store: bytes) -> bool:
+    for section in elf.iter_sections():
+        if section["sh_flags"] & SH_FLAGS.SHF_ALLOC and section.name not in _RELOCATED_SECTIONS \
+                and section["sh_type"] != "SHT_NOBITS" and section.data().find(store) >= 0:
+            return True
+    return False
+
+
+def find(files: Dict[str, str], owner_label, store_root: str) -> Dict[str, List[str]]:
+    """owner label -> AppDir paths of the planned ``files`` (AppDir path -> host file)
+    that name ``store_root``. ``owner_label(dest)`` is the label of a file's spec."""
+    store = store_root.rstrip(os.sep).encode() + os.sep.encode()
+    found: Dict[str, List[str]] = {}
+    for dest, src in sorted(files.items()):
+        if not dest.endswith(SKIPPED_SUFFIXES) and names_store(src, store):
+            found.setdefault(owner_label(dest), []).append(dest)
+    return found
