@@ -32,6 +32,8 @@ import spack.main  # noqa: E402,F401
 spack.extensions.ensure_extension_loaded("appimage", path=os.path.join(ROOT, "spack-appimage"))
 from spack.extensions.appimage import assemble, runtime, squashfs  # noqa: E402
 
+import scratch  # noqa: E402
+
 
 def trivial_image(work, name):
     """A native `true` and an image running it; ``name`` makes the image's content (and
@@ -68,8 +70,7 @@ def wall(command, env, n):
 
 def measure(repeat):
     """{configuration: {simultaneous launches: median ms}}, all measured interleaved."""
-    work = tempfile.mkdtemp(prefix="bench-launch-")
-    try:
+    with scratch.directory("bench-launch-") as work:
         native, image = trivial_image(work, "joined")
         _, fresh = trivial_image(work, "fresh")
         base = dict(os.environ)
@@ -92,12 +93,6 @@ def measure(repeat):
                     results[(name, n)].append(wall(command, env, n))
         return {name: {n: statistics.median(results[(name, n)]) * 1000 for n in (1, 8, 64)}
                 for name in configs}
-    finally:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f if work in line]
-        for point in points:
-            subprocess.run(["fusermount3", "-u", point], capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main():

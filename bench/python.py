@@ -19,12 +19,12 @@ import argparse
 import os
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+import scratch
 
 CACHE = os.environ.get("SPACK_APPIMAGE_TEST_CACHE") or os.path.expanduser(
     "~/.cache/spack-appimage-tests")
@@ -74,8 +74,7 @@ def main():
     if not os.path.isdir(os.path.join(args.site, "envs", "py")):
         sys.exit(f"no offline site at {args.site}: run `python3 -m pytest "
                  "tests/test_interpreters.py` once to build it")
-    work = tempfile.mkdtemp(prefix="bench-python-")
-    try:
+    with scratch.directory("bench-python-") as work:
         image = os.path.join(work, "py.app")
         builds = [build(args.site, image) for _ in range(3)]
         stages = {k: statistics.median(b[0][k] for b in builds) for k in builds[0][0]}
@@ -106,13 +105,6 @@ def main():
             for name in configs:
                 ms = statistics.median(results[(name, n)])
                 print(f"{name:22} {n:>3} {ms * 1000:>10.1f} {ms / native:>8.2f}")
-    finally:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f if work in line]
-        for point in points:
-            subprocess.run(["fusermount3", "-u", point], capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

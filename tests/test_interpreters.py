@@ -8,6 +8,7 @@ an empty tmpfs, so any path into the store fails, and with a TMPDIR of their own
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -44,12 +45,16 @@ def run_without_store(site, command, tmp_path, env=None, **kwargs):
         capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=120, **kwargs)
 
 
+def build(site, env, output, *entries):
+    site("appimage", *[a for e in entries for a in ("--entry", e)], "-o", str(output),
+         env=site.envs[env])
+    return output
+
+
 @pytest.fixture(scope="module")
 def py_app(offline_site, tmp_path_factory):
-    output = tmp_path_factory.mktemp("py") / "py.app"
-    offline_site("appimage", "--entry", "python3", "--entry", "wheel", "-o", str(output),
-                 env=offline_site.envs["py"])
-    return output
+    return build(offline_site, "py", tmp_path_factory.mktemp("py") / "py.app", "python3",
+                 "wheel")
 
 
 def dry_run(site, env, *args):
@@ -96,10 +101,11 @@ def test_bytecode_is_unchecked_hash_based_and_builds_are_identical(offline_site,
     assert len(flags) > 500
     assert set(flags.values()) == {1}  # PEP 552: hash-based, not checked against the source
     assert not any(".opt-1." in p or ".opt-2." in p for p in flags)
-    again = tmp_path / "again.app"
-    offline_site("appimage", "--entry", "python3", "--entry", "wheel", "-o", str(again),
-                 env=offline_site.envs["py"])
-    assert again.read_bytes() == py_app.read_bytes()
+    # The same command twice (the manifest records it): the same bytes.
+    output = tmp_path / "again.app"
+    first = build(offline_site, "py", output, "python3", "wheel").rename(tmp_path / "first")
+    assert build(offline_site, "py", output, "python3", "wheel").read_bytes() == \
+        first.read_bytes()
 
 
 def test_console_script_of_an_extension_runs_as_an_entry(offline_site, py_app, tmp_path):
@@ -124,7 +130,8 @@ def test_what_interpreters_never_need_is_left_out(offline_site, py_app):
 
 
 def test_dry_run_lists_trees_environment_and_store_paths(offline_site):
-    report = dry_run(offline_site, offline_site.envs["py"], "--entry", "python3")
+    report = dry_run(offline_site, offline_site.envs["py"], "--entry", "python3",
+                     "--entry", "wheel")
     roles = {i["owner"].rsplit("-", 2)[0]: i for i in report["interpreters"]}
     assert roles["python"]["role"] == "interpreter"
     assert roles["python"]["trees"][0].endswith("/lib/python3.11")
@@ -154,7 +161,7 @@ def test_exclude_spec_leaves_an_extension_out(offline_site):
 def test_build_warns_about_files_that_name_the_store(offline_site, tmp_path):
     build = offline_site("appimage", "--entry", "python3", "-o", str(tmp_path / "p.app"),
                          env=offline_site.envs["py"])
-    assert "files of py-wheel-0.45.1-" in build.stderr + build.stdout
+    assert "files of python-3.11.2-" in build.stderr + build.stdout
     assert "name the store; programs reading them may fail on other machines" in (
         build.stderr + build.stdout)
 
@@ -169,10 +176,8 @@ def test_an_extension_without_its_interpreter_is_an_error(offline_site):
 
 @pytest.fixture(scope="module")
 def mpi_app(offline_site, tmp_path_factory):
-    output = tmp_path_factory.mktemp("mpi") / "mpi.app"
-    offline_site("appimage", "--entry", "mpi-hello", "--entry", "mpirun", "-o", str(output),
-                 env=offline_site.envs["mpi"])
-    return output
+    return build(offline_site, "mpi", tmp_path_factory.mktemp("mpi") / "mpi.app", "mpi-hello",
+                 "mpirun")
 
 
 def test_bundled_open_mpi_runs_as_singleton_without_the_store(offline_site, mpi_app,
@@ -196,3 +201,20 @@ def test_open_mpi_is_relocated_and_its_daemon_bundled(offline_site):
     assert len(opal) == 1 and opal[0]["value"].startswith("${APPDIR}/opt/openmpi-4.1.4-")
     assert any(i["path"].endswith("/bin/orted") for i in report["included"])
     assert not any(o["owner"].startswith("glibc") for o in report["specs"])
+
+
+def test_an_interpreter_without_its_library_tree_is_an_error(offline_site, tmp_path):
+    import spack.spec
+    from spack.extensions.appimage import interpreters
+    from spack.extensions.appimage.errors import AppImageError
+
+    installed = offline_site("location", "-i", "python", env=offline_site.envs["py"]).stdout
+    python = spack.spec.Spec.from_specfile(os.path.join(installed.strip(), ".spack",
+                                                        "spec.json"))
+    copy = tmp_path / "python-copy"  # the install without lib/python3.11
+    shutil.copytree(os.path.join(installed.strip(), "bin"), copy / "bin", symlinks=True)
+    python.set_prefix(str(copy))
+    with pytest.raises(AppImageError) as error:
+        interpreters.check_library(python)
+    assert str(error.value).startswith(f"python@3.11.2/{python.dag_hash(7)} has no library "
+                                       f"tree {copy}/lib/python3.11; reinstall it")

@@ -286,7 +286,8 @@ def run(env, options: Options) -> Result:
                         store_paths=store_paths)
         if not options.json:
             for name, value in run_environment.dropped:
-                tty.warn(f"{name}={value} is not set in the image: it names the store")
+                tty.warn(f"{name}={value} is not set in the image: it names the store or "
+                         "holds a tab or newline")
             if not options.dry_run:
                 for label, paths in store_paths.items():
                     tty.warn(f"{len(paths)} files of {label} name the store; programs reading "

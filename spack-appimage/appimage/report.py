@@ -7,7 +7,7 @@
   the spec that owns it, where it goes in the AppDir and the RPATH/RUNPATH entry or
   system directory it was found through. A library shown once is not expanded again;
   host libraries are leaves, with the reason (glibc family, GPU driver, external spec);
-* the files ``--include`` and plugin rules add;
+* the files ``--include``, plugin rules and interpreters add;
 * per spec, the bytes bundled as binaries, libraries and data;
 * the interpreters and extensions, with their trees and bytes, and the run environment
   AppRun sets;
@@ -22,7 +22,7 @@ import json
 import os
 from typing import Dict, List
 
-from .stage import BINARY, DATA, LIBRARY
+from .stage import BINARY, DATA, LIBRARY, owner_of_dest
 
 KINDS = (BINARY, LIBRARY, DATA)
 
@@ -118,7 +118,8 @@ def text(report: dict) -> str:
         _draw(tree["loads"], "", lines)
     if report["included"]:
         lines.append("included:")
-        lines += [f"  {i['path']}  [{i['reason']}]" for i in report["included"]]
+        lines += _grouped_lines([(owner_of_dest(i["path"]), i["reason"], i["path"])
+                                 for i in report["included"]])
     lines.append(f"bundled bytes per spec:  {'binaries':>12} {'libraries':>12} "
                  f"{'data':>12} {'total':>12}")
     totals = report["totals"]
@@ -141,7 +142,7 @@ def text(report: dict) -> str:
             lines += [f"  {leak['owner']}: {path}" for path in leak["paths"]]
     if report["excluded"] or report["skipped_links"]:
         lines.append("left out:")
-    lines += _excluded_lines(report["excluded"])
+    lines += _grouped_lines([(e["owner"], e["rule"], e["path"]) for e in report["excluded"]])
     lines += [f"  {s['path']}  [{s['reason']}]" for s in report["skipped_links"]]
     lines.append(
         f"total: {totals['files']} files and {totals['links']} links, {totals['bytes']:,} "
@@ -151,16 +152,17 @@ def text(report: dict) -> str:
     return "\n".join(lines)
 
 
-#: A rule that leaves out more paths of one spec than this is shown as one line.
+#: A rule that adds or leaves out more paths of one spec than this is shown as one line.
 GROUPED_ABOVE = 5
 
 
-def _excluded_lines(excluded: List[dict]) -> List[str]:
-    """One line per left-out path, or per (spec, rule) when a rule leaves out many (such
-    as CPython's bytecode of other optimization levels: over a thousand files)."""
+def _grouped_lines(items: List[tuple]) -> List[str]:
+    """One line per (owner, rule, path), or one per owner and rule when a rule covers many
+    paths (CPython's C modules; its bytecode of other optimization levels: over a
+    thousand files)."""
     groups: Dict[tuple, List[str]] = {}
-    for e in excluded:
-        groups.setdefault((e["owner"], e["rule"]), []).append(e["path"])
+    for owner, rule, path in items:
+        groups.setdefault((owner, rule), []).append(path)
     lines = []
     for (owner, rule), paths in groups.items():
         if len(paths) > GROUPED_ABOVE:

@@ -10,8 +10,9 @@ used.
 
 A path element that names a store path with nothing in the image (a prefix that is not
 bundled, a ``lib64`` that does not exist) is dropped, so no entry ever looks into the
-store; a plain value that still names the store after the rewrite is dropped too, and
-reported (:attr:`RunEnvironment.dropped`).
+store, and so is a value that is one path into the image naming nothing there (Open MPI's
+``MPICC``: the compiler wrapper is not bundled); a plain value that still names the store
+after the rewrite is dropped too, and reported (:attr:`RunEnvironment.dropped`).
 
 Only what AppRun can do in order is kept: set, unset, prepend and append (path
 variables, with their separator). Spack's other operations (remove a path element,
@@ -30,16 +31,16 @@ APPDIR = "${APPDIR}"
 class RunEnvironment:
     #: (operation, variable, value, separator): operation is set, unset, prepend or append
     changes: List[Tuple[str, str, str, str]] = field(default_factory=list)
-    #: (variable, value) Spack would set that names the store outside the image
+    #: (variable, value) Spack would set that names the store outside the image, or that
+    #: the entry table cannot hold (a tab or newline)
     dropped: List[Tuple[str, str]] = field(default_factory=list)
 
     def as_records(self) -> List[dict]:
         return [dict(zip(("op", "name", "value", "separator"), c)) for c in self.changes]
 
 
-def _rewriter(layout, staged_dirs: Iterable[str]):
+def _rewriter(layout, staged: set):
     """host path -> AppDir path (with ${APPDIR}), or None when the image lacks it."""
-    staged = set(staged_dirs)
 
     def rewrite(path: str):
         owner = layout.owner(os.path.realpath(path) if os.path.exists(path) else path)
@@ -77,11 +78,15 @@ def compute(specs: Iterable, layout, staged_files: Iterable[str], store_root: st
     result = RunEnvironment()
     context = spack.build_environment.SetupContext(*specs, context=Context.RUN)
     context.set_all_package_py_globals()
-    rewrite = _rewriter(layout, staged_directories(staged_files))
+    staged = set(staged_files) | staged_directories(staged_files)
+    rewrite = _rewriter(layout, staged)
     prefixes = specs_prefixes(specs, layout)
     path_ops = {environment.PrependPath: "prepend", environment.AppendPath: "append"}
     for change in context.get_env_modifications().env_modifications:
         kind = type(change)
+        if any(c in f"{change.name}{getattr(change, 'value', '')}" for c in "\t\n"):
+            result.dropped.append((change.name, str(getattr(change, "value", ""))))
+            continue  # the entry table is one line per change, tab-separated
         if kind in path_ops:
             value = rewrite(change.value)
             if value is not None:
@@ -94,7 +99,7 @@ def compute(specs: Iterable, layout, staged_files: Iterable[str], store_root: st
             value = _rewrite_prefixes(str(value), prefixes)
             if store_root in value:
                 result.dropped.append((change.name, value))
-            else:
+            elif not _names_missing_file(value, staged):
                 result.changes.append(("set", change.name, value, separator))
         elif kind is environment.UnsetEnv:
             result.changes.append(("unset", change.name, "", ""))
@@ -116,6 +121,13 @@ def specs_prefixes(specs: Iterable, layout) -> Dict[str, str]:
         for s in spack.traverse.traverse_nodes(list(specs), deptype=("link", "run"))
         if not s.external
     }
+
+
+def _names_missing_file(value: str, staged: set) -> bool:
+    """Whether ``value`` is one path into the image that the image does not hold (such as
+    Open MPI's ``MPICC``, naming a compiler wrapper that no entry needs)."""
+    top = APPDIR + os.sep
+    return value.startswith(top) and value[len(top):].rstrip(os.sep) not in staged
 
 
 def _rewrite_prefixes(value: str, prefixes: Dict[str, str]) -> str:

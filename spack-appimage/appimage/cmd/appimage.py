@@ -20,6 +20,8 @@ epilog = """examples:
       -> sirius.app; run ./sirius.app sirius.scf ARGS, or ln -s sirius.app atom; ./atom ARGS
   spack -e myenv appimage --entry mpi-app --include 'mypkg:lib/plugins/*.so'
       (an external MPI stays on the host; dlopen'ed plugins come along)
+  spack -e pyenv appimage --entry python3 --entry wheel
+      (python with its library and the environment's py-* packages; a console script)
   spack -e myenv appimage --entry tool=mypkg@2.1 -o tool.app   (tool of one spec)
   spack -e myenv appimage --entry libexec/helper --dry-run     (show what would be bundled)
   spack -e myenv appimage --entry tool --dry-run --json        (the same, for scripts)
