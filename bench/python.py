@@ -54,8 +54,13 @@ def build(site, output):
 
 
 def store_python(site):
-    run = spack(site, "location", "-i", "python")
-    return os.path.join(run.stdout.strip(), "bin", "python3")
+    """The store's python3 and the PYTHONPATH that `spack load` gives its extensions."""
+    def prefix(name):
+        return spack(site, "location", "-i", name).stdout.strip()
+
+    path = [os.path.join(prefix(name), "lib", "python3.11", "site-packages")
+            for name in ("py-six", "py-markupsafe")]
+    return os.path.join(prefix("python"), "bin", "python3"), os.pathsep.join(path)
 
 
 def wall(command, env, n):
@@ -88,8 +93,9 @@ def main():
               f"{max(b[2] for b in builds):.0f} MiB")
 
         base = dict(os.environ, TMPDIR=work)
+        python, pythonpath = store_python(args.site)
         configs = {
-            "store": ([store_python(args.site), "-c", IMPORTS], base),
+            "store": ([python, "-c", IMPORTS], dict(base, PYTHONPATH=pythonpath)),
             "image, FUSE, warm": ([image, "-c", IMPORTS], dict(base, APPIMAGE_IDLE_MS="600000")),
         }
         for command, env in configs.values():  # warm the page cache and the mount

@@ -147,7 +147,9 @@ class _Interrupts:
 
 
 @contextlib.contextmanager
-def _appdir(keep: Optional[str]) -> Iterator[str]:
+def _appdir(keep: Optional[str], size: int) -> Iterator[str]:
+    """The AppDir: ``keep`` (``--keep-appdir``), else a temporary directory for ``size``
+    bytes of files (:func:`stage.scratch_parent` says where)."""
     if keep:
         if os.path.lexists(keep) and (not os.path.isdir(keep) or os.listdir(keep)):
             raise OutputError(f"--keep-appdir {keep} exists and is not an empty directory",
@@ -155,7 +157,7 @@ def _appdir(keep: Optional[str]) -> Iterator[str]:
         os.makedirs(keep, exist_ok=True)
         yield os.path.abspath(keep)
         return
-    path = tempfile.mkdtemp(prefix="spack-appimage-")
+    path = tempfile.mkdtemp(prefix="spack-appimage-", dir=stage.scratch_parent(size))
     try:
         yield path
     finally:
@@ -303,7 +305,7 @@ def run(env, options: Options) -> Result:
         # The AppDir lives inside the output's transaction: it is gone before the image
         # takes its name, so no interrupt can strike between the two.
         with assemble.output_file(options.output, options.force) as partial:
-            with _appdir(options.keep_appdir) as appdir:
+            with _appdir(options.keep_appdir, plan.size()) as appdir:
                 with progress.stage("stage", f"stage: copying {len(plan.files)} files"):
                     stage.materialize(plan, appdir)
                     bytecode.make_valid(appdir, bytecode.python_sources(
