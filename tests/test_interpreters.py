@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import _require
+from conftest import EXTENSION, _require
 
 #: Imports of the standard library (pure Python and lib-dynload C modules) and of the
 #: bundled extensions; prints what the tests check.
@@ -221,3 +221,27 @@ def test_an_interpreter_without_its_library_tree_is_an_error(offline_site, tmp_p
         interpreters.check_library(python)
     assert str(error.value).startswith(f"python@3.11.2/{python.dag_hash(7)} has no library "
                                        f"tree {copy}/lib/python3.11; reinstall it")
+
+
+def test_an_unreadable_library_tree_is_an_error(offline_site, tmp_path):
+    """As root, without the capabilities that let root read anything."""
+    installed = offline_site("location", "-i", "python", env=offline_site.envs["py"]).stdout
+    copy = tmp_path / "python-copy"
+    (copy / "lib" / "python3.11").mkdir(parents=True)
+    os.chmod(copy / "lib" / "python3.11", 0)
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import spack.extensions, spack.spec\n"
+        f"spack.extensions.ensure_extension_loaded('appimage', path={EXTENSION!r})\n"
+        "from spack.extensions.appimage import interpreters\n"
+        f"python = spack.spec.Spec.from_specfile({installed.strip()!r} + '/.spack/spec.json')\n"
+        f"python.set_prefix({str(copy)!r})\n"
+        "interpreters.check_library(python)\n")
+    result = subprocess.run(
+        [shutil.which("setpriv"), "--bounding-set", "-dac_override,-dac_read_search",
+         "spack", "python", str(script)],
+        env=offline_site.env_vars, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"cannot read {copy}/lib/python3.11, the library tree of python@3.11.2/" in \
+        result.stderr
+    assert "make it readable by you, or reinstall the spec" in result.stderr
