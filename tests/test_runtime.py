@@ -286,10 +286,60 @@ def test_simultaneous_launches_share_and_clean_up(image, mode):
         assert process.returncode == 0
         assert f"argv: {image} exit 0 {i}\n" in out
     assert wait_unmounted(image)
-    # What stays is the image's lock files: no mount point, no tree, no temp dir.
+    assert wait_nothing_left(image)
+
+
+def leftovers(image):
+    """What of the image is left in the runtime's directory: mount directories
+    (``<id>-<mount namespace>``, with their lock files) and extracted trees (``<id>/root``;
+    the extraction cache's two lock files stay)."""
     image_id = run(image, "--appimage-doctor").stdout.split("image id: ")[1].split()[0]
-    assert sorted(os.listdir(f"/tmp/spack-appimage-{os.getuid()}/{image_id}")) == [
-        "lock", "users"]
+    base = f"/tmp/spack-appimage-{os.getuid()}"
+    mounts = [name for name in os.listdir(base) if name.startswith(image_id + "-")]
+    extracted = os.path.join(base, image_id)
+    return mounts + [p for p in os.listdir(extracted) if p not in ("lock", "users")] \
+        if os.path.isdir(extracted) else mounts
+
+
+def wait_nothing_left(image, seconds=10):
+    deadline = time.time() + seconds
+    while leftovers(image) and time.time() < deadline:
+        time.sleep(0.1)
+    return not leftovers(image)
+
+
+def servers_of(image):
+    found = subprocess.run(["pgrep", "-f", image], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
+def wait_no_server(image, seconds=10):
+    deadline = time.time() + seconds
+    while servers_of(image) and time.time() < deadline:
+        time.sleep(0.1)
+    return not servers_of(image)
+
+
+def test_launches_from_other_mount_namespaces_leave_nothing(image):
+    """Containers and `unshare -m` share /tmp but not mounts: each namespace gets its own
+    mount, and every server goes once its namespace's apps are gone (launches in a row,
+    each within the previous server's idle time, used to leave servers forever)."""
+    for i in range(3):
+        result = subprocess.run(["unshare", "--mount", "--propagation", "private", image,
+                                 "exit", "0", str(i)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert f"argv: {image} exit 0 {i}\n" in result.stdout
+    assert run(image, "exit", "0").returncode == 0  # and one in this namespace
+    assert wait_unmounted(image) and wait_no_server(image) and wait_nothing_left(image)
+
+
+def test_killed_launcher_leaves_nothing(image):
+    process = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True)
+    wait_for_line(process, "ready")
+    process.kill()
+    process.wait()
+    assert wait_unmounted(image) and wait_no_server(image) and wait_nothing_left(image)
 
 
 def test_one_mount_for_simultaneous_launches(image):

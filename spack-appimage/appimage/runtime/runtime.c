@@ -338,20 +338,52 @@ static int unmount_now(const char *mnt) {
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
+/* The mount's directory: mount point, lock files, the directory itself. */
+static void remove_mount_dir(const char *dir) {
+    const char *names[] = {"mnt", "users", "lock"};
+    char path[PATH_MAX];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (i == 0) rmdir(path); else unlink(path);
+    }
+    rmdir(dir);
+}
+
+/* Whether the open file `fd` is still the file at dir/name (not unlinked or replaced
+   since it was opened). */
+static int still_linked(int fd, const char *dir, const char *name) {
+    char path[PATH_MAX];
+    struct stat opened, named;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return !fstat(fd, &opened) && !lstat(path, &named) && opened.st_ino == named.st_ino &&
+           opened.st_dev == named.st_dev;
+}
+
 struct server {
     struct fuse_session *se;
     const char *dir;
     long idle_ms;
+    int loop_done; /* set (atomically) when the FUSE loop has returned */
 };
 
 /* Unmounts once no app has held the users lock for idle_ms. The mount lock is taken
-   first, so no launcher is between "is it mounted?" and taking its users lock. */
+   first, so no launcher is between "is it mounted?" and taking its users lock. Returns
+   also when the FUSE loop ended without it (the kernel ended the connection: the mount
+   was detached, as when another mount namespace removed its mount point), removing the
+   mount's directory if nobody uses it. */
 static void *watch_users(void *arg) {
     struct server *s = arg;
     int lock = open_lock(s->dir, "lock"), users = open_lock(s->dir, "users");
     long idle_since = 0;
+    char mnt[PATH_MAX];
+    snprintf(mnt, sizeof mnt, "%s/mnt", s->dir);
     for (;;) {
         usleep(20000);
+        if (__atomic_load_n(&s->loop_done, __ATOMIC_ACQUIRE)) {
+            if (!flock(lock, LOCK_EX | LOCK_NB) && !flock(users, LOCK_EX | LOCK_NB))
+                remove_mount_dir(s->dir);
+            return NULL;
+        }
         if (flock(lock, LOCK_EX | LOCK_NB)) continue;
         if (flock(users, LOCK_EX | LOCK_NB)) {
             idle_since = 0;
@@ -360,11 +392,11 @@ static void *watch_users(void *arg) {
         } else if (now_ms() - idle_since >= s->idle_ms) {
             /* Not lazy: a process still inside the mount without the users lock (a
                daemon that closed its fds) makes it busy, and the server keeps serving. */
-            char mnt[PATH_MAX];
-            snprintf(mnt, sizeof mnt, "%s/mnt", s->dir);
             if (unmount_now(mnt) == 0) {
                 fuse_session_exit(s->se); /* the loop's threads get ENODEV and return */
-                rmdir(mnt);
+                /* Nothing stays: a launcher waiting on a lock finds it unlinked once it
+                   gets it, and starts over (join_mount). */
+                remove_mount_dir(s->dir);
                 flock(users, LOCK_UN);
                 flock(lock, LOCK_UN);
                 return NULL;
@@ -403,13 +435,15 @@ static void serve(const struct image *img, const char *dir, const char *mnt, int
     (void)!write(ready, "R", 1);
     close(ready);
     const char *idle = getenv("APPIMAGE_IDLE_MS");
-    struct server s = {se, dir, idle ? atol(idle) : IDLE_MS_DEFAULT};
+    struct server s = {se, dir, idle ? atol(idle) : IDLE_MS_DEFAULT, 0};
     pthread_t watcher;
     pthread_create(&watcher, NULL, watch_users, &s);
     struct fuse_loop_config config = {.clone_fd = 0, .max_idle_threads = 10};
     fuse_session_loop_mt(se, &config);
+    /* The loop ends when the watcher unmounted, or when the kernel ended the connection
+       (the mount was detached, or aborted); the watcher then cleans up and returns. */
+    __atomic_store_n(&s.loop_done, 1, __ATOMIC_RELEASE);
     pthread_join(watcher, NULL);
-    fuse_session_destroy(se); /* already unmounted by the watcher */
     _exit(0);
 }
 
@@ -503,14 +537,28 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
     char base[PATH_MAX], dir[PATH_MAX];
     if (pick_base(0, 0, base, sizeof base))
         return snprintf(why, wcap, "no usable directory for the mount point"), -1;
-    snprintf(dir, sizeof dir, "%s/%s", base, img->id);
+    /* One mount per mount namespace: launches in other namespaces (containers,
+       unshare -m, job sandboxes) that share this directory cannot see the mount. */
+    struct stat ns;
+    if (stat("/proc/self/ns/mnt", &ns) == 0)
+        snprintf(dir, sizeof dir, "%s/%s-%llu", base, img->id, (unsigned long long)ns.st_ino);
+    else
+        snprintf(dir, sizeof dir, "%s/%s", base, img->id);
     if (mkdir(dir, 0700) && errno != EEXIST)
         return snprintf(why, wcap, "mkdir %s: %s", dir, strerror(errno)), -1;
     snprintf(mnt, cap, "%s/mnt", dir);
-    int users = open_lock(dir, "users"), lock = open_lock(dir, "lock");
-    if (users < 0 || lock < 0) return snprintf(why, wcap, "cannot create locks in %s", dir), -1;
-    flock(users, LOCK_SH);
-    flock(lock, LOCK_EX);
+    int users, lock;
+    for (;;) {
+        users = open_lock(dir, "users"), lock = open_lock(dir, "lock");
+        if (users < 0 || lock < 0)
+            return snprintf(why, wcap, "cannot create locks in %s", dir), -1;
+        flock(users, LOCK_SH);
+        flock(lock, LOCK_EX);
+        if (still_linked(users, dir, "users") && still_linked(lock, dir, "lock")) break;
+        close(users), close(lock); /* a server removed them while we waited: again */
+        if (mkdir(dir, 0700) && errno != EEXIST)
+            return snprintf(why, wcap, "mkdir %s: %s", dir, strerror(errno)), -1;
+    }
     int rc = 0;
     if (!is_mounted(mnt)) {
         struct statfs sf;
