@@ -188,6 +188,38 @@ def test_mount_flag_prints_the_mount_point_until_killed(image):
     assert wait_unmounted(image)
 
 
+def test_cached_answers_stay_right(image):
+    """Names that are absent, directory listings and files opened by the kernel without
+    asking the server (negative entries, kept listings, no OPEN): the same answers every
+    time, on opens in parallel too."""
+    process = subprocess.Popen([image, "--appimage-mount"], stdout=subprocess.PIPE, text=True)
+    point = process.stdout.readline().strip()
+    try:
+        data = os.path.join(point, "data")
+        for _ in range(3):
+            assert not os.path.exists(os.path.join(data, "absent.txt"))
+            assert sorted(os.listdir(data)) == ["x.txt"]
+            with open(os.path.join(data, "x.txt")) as f:
+                assert f.read() == "x\n"
+        with open(os.path.join(point, "AppRun"), "rb") as f:
+            whole = f.read()
+        handles = [open(os.path.join(point, "AppRun"), "rb") for _ in range(8)]
+        try:
+            for offset in (0, 4096, len(whole) - 7):
+                for handle in handles:
+                    handle.seek(offset)
+                    assert handle.read(100) == whole[offset:offset + 100]
+        finally:
+            for handle in handles:
+                handle.close()
+        with pytest.raises(OSError):
+            open(os.path.join(data, "new.txt"), "w")
+    finally:
+        process.terminate()
+        process.wait()
+    assert wait_unmounted(image)
+
+
 def test_extract_and_run_flag_is_removed_from_the_arguments(image):
     result = run(image, "a", "--appimage-extract-and-run", "b")
     assert result.returncode == 0

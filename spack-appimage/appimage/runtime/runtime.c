@@ -55,6 +55,7 @@
 #include <fuse3/fuse_lowlevel.h>
 #include <squashfuse/squashfuse.h>
 #include <squashfuse/ll.h>
+#include <squashfuse/file.h>
 
 #ifndef RUNTIME_VERSION
 #define RUNTIME_VERSION "spack-appimage"
@@ -63,6 +64,8 @@
 #define EXIT_RUNTIME 127
 #define FUSE_SUPER_MAGIC 0x65735546
 #define IDLE_MS_DEFAULT 500
+/* Seconds the kernel may remember that a name is absent (a day: the image is immutable). */
+#define NEGATIVE_TIMEOUT 86400.0
 /* Written by `spack appimage` (manifest.py). */
 #define MANIFEST ".appimage/manifest.json"
 
@@ -293,13 +296,81 @@ static pthread_mutex_t sqfs_lock = PTHREAD_MUTEX_INITIALIZER;
 #endif
 
 static void op_getattr(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_getattr(r, i, f)); }
-static void op_opendir(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_opendir(r, i, f)); }
+/* Directories never change: the kernel may keep their entries from one listing to the
+   next (interpreters list every directory of their search path at every start). */
+static void op_opendir(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) {
+    f->cache_readdir = 1;
+    f->keep_cache = 1;
+    LOCKED(sqfs_ll_op_opendir(r, i, f));
+}
 static void op_releasedir(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_releasedir(r, i, f)); }
 static void op_readdir(fuse_req_t r, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_readdir(r, i, s, o, f)); }
-static void op_lookup(fuse_req_t r, fuse_ino_t p, const char *n) { LOCKED(sqfs_ll_op_lookup(r, p, n)); }
-static void op_open(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_open(r, i, f)); }
+/* A name that is not in the directory: the kernel may remember that (the image never
+   changes), so the next lookup of it costs no round trip. Interpreters look up many names
+   that do not exist (each module in each directory of their search path). squashfuse
+   answers ENOENT, which the kernel does not cache; this answers an entry with inode 0,
+   which it does. Any other outcome is squashfuse's own answer. */
+static void lookup(fuse_req_t r, fuse_ino_t parent, const char *name) {
+    sqfs_ll *ll = fuse_req_userdata(r);
+    sqfs_inode dir;
+    sqfs_name buffer;
+    sqfs_dir_entry entry;
+    bool found = true;
+    sqfs_dentry_init(&entry, buffer);
+    if (sqfs_ll_inode(ll, &dir, parent) == SQFS_OK && S_ISDIR(dir.base.mode) &&
+        sqfs_dir_lookup(&ll->fs, &dir, name, strlen(name), &entry, &found) == SQFS_OK &&
+        !found) {
+        struct fuse_entry_param negative = {.ino = 0, .entry_timeout = NEGATIVE_TIMEOUT};
+        fuse_reply_entry(r, &negative);
+        return;
+    }
+    sqfs_ll_op_lookup(r, parent, name);
+}
+
+static void op_lookup(fuse_req_t r, fuse_ino_t p, const char *n) { LOCKED(lookup(r, p, n)); }
+/* Whether the kernel opens and releases files without asking (FUSE_CAP_NO_OPEN_SUPPORT,
+   Linux 4.19+): each open of a file is otherwise two round trips to this server (OPEN,
+   RELEASE), and an interpreter opens hundreds of files at every start. */
+static int kernel_opens;
+
+static void op_init(void *userdata, struct fuse_conn_info *conn) {
+    (void)userdata;
+    kernel_opens = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
+}
+
+static void op_open(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) {
+    if (kernel_opens) {
+        fuse_reply_err(r, ENOSYS); /* from now on the kernel does it; reads come with fh 0 */
+        return;
+    }
+    LOCKED(sqfs_ll_op_open(r, i, f));
+}
+
+/* A read of a file opened by the kernel (fh 0): the inode is looked up by number, as
+   squashfuse does at open; otherwise squashfuse's read with the inode of its open. */
+static void read_file(fuse_req_t r, fuse_ino_t ino, size_t size, off_t off,
+                      struct fuse_file_info *f) {
+    if (f->fh) {
+        sqfs_ll_op_read(r, ino, size, off, f);
+        return;
+    }
+    sqfs_ll *ll = fuse_req_userdata(r);
+    sqfs_inode inode;
+    char *buf = malloc(size ? size : 1);
+    sqfs_off_t got = size;
+    if (!buf) {
+        fuse_reply_err(r, ENOMEM);
+    } else if (sqfs_ll_inode(ll, &inode, ino) != SQFS_OK || !S_ISREG(inode.base.mode)) {
+        fuse_reply_err(r, EIO);
+    } else if (sqfs_read_range(&ll->fs, &inode, off, &got, buf) != SQFS_OK) {
+        fuse_reply_err(r, EIO);
+    } else {
+        fuse_reply_buf(r, buf, got);
+    }
+    free(buf);
+}
 static void op_release(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_release(r, i, f)); }
-static void op_read(fuse_req_t r, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *f) { LOCKED(sqfs_ll_op_read(r, i, s, o, f)); }
+static void op_read(fuse_req_t r, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *f) { LOCKED(read_file(r, i, s, o, f)); }
 static void op_readlink(fuse_req_t r, fuse_ino_t i) { LOCKED(sqfs_ll_op_readlink(r, i)); }
 static void op_listxattr(fuse_req_t r, fuse_ino_t i, size_t s) { LOCKED(sqfs_ll_op_listxattr(r, i, s)); }
 static void op_getxattr(fuse_req_t r, fuse_ino_t i, const char *n, size_t s) { LOCKED(sqfs_ll_op_getxattr(r, i, n, s)); }
@@ -307,7 +378,7 @@ static void op_forget(fuse_req_t r, fuse_ino_t i, uint64_t n) { LOCKED(sqfs_ll_o
 static void op_statfs(fuse_req_t r, fuse_ino_t i) { LOCKED(stfs_ll_op_statfs(r, i)); }
 
 static const struct fuse_lowlevel_ops ops = {
-    .getattr = op_getattr, .opendir = op_opendir, .releasedir = op_releasedir,
+    .init = op_init, .getattr = op_getattr, .opendir = op_opendir, .releasedir = op_releasedir,
     .readdir = op_readdir, .lookup = op_lookup, .open = op_open, .release = op_release,
     .read = op_read, .readlink = op_readlink, .listxattr = op_listxattr,
     .getxattr = op_getxattr, .forget = op_forget, .statfs = op_statfs,
