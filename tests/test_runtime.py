@@ -465,3 +465,47 @@ def test_ignored_sigchld_does_not_lose_the_exit_status(image):
         preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
     )
     assert result.returncode == 7
+
+
+@pytest.fixture(scope="module")
+def glibc_root(tmp_path_factory):
+    """A root holding nothing but Debian's libc6 files (and empty /tmp, /proc, /dev)."""
+    root = tmp_path_factory.mktemp("glibc-root")
+    listed = subprocess.run(["dpkg", "-L", "libc6"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    for link in ("bin", "lib", "lib64", "sbin"):  # Debian's merged /usr
+        if os.path.islink(f"/{link}"):
+            os.symlink(os.readlink(f"/{link}"), root / link)
+    for path in listed:
+        real = os.path.realpath(path)
+        target = root / real.lstrip("/")
+        if os.path.isdir(real):
+            target.mkdir(parents=True, exist_ok=True)
+        elif os.path.exists(real):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(real, target, follow_symlinks=False)
+            if os.path.islink(path) and not os.path.lexists(root / path.lstrip("/")):
+                (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.readlink(path), root / path.lstrip("/"))
+    for directory in ("tmp", "proc", "dev"):
+        (root / directory).mkdir(exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    return root
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_runs_in_a_root_with_nothing_but_glibc(image, glibc_root, mode):
+    """No shell, no fusermount3, no other library: as root the runtime mounts with
+    mount(2), or extracts."""
+    shutil.copy(image, glibc_root / f"{mode}.app")  # a server may still run the other
+    assert not (glibc_root / "bin" / "sh").exists() and not (glibc_root / "usr" / "bin").exists()
+    inside = (f'mount -t proc proc "$0/proc" && mount --bind /dev "$0/dev" && '
+              f'exec chroot "$0" /{mode}.app exit 0 in-root')
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", inside,
+         str(glibc_root)], capture_output=True, text=True, timeout=60,
+        env=dict(PATH="/usr/sbin:/usr/bin:/sbin:/bin", **MODES[mode]))
+    assert result.returncode == 0, result.stderr
+    assert f"argv: /{mode}.app exit 0 in-root" in result.stdout
+    assert fields(result.stdout)["APPDIR"].endswith("/mnt" if mode == "mount" else "/root")
+
