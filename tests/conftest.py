@@ -15,6 +15,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -278,6 +279,227 @@ def offline_site():
         spack_("install", "--fail-fast", f"-j{os.cpu_count()}", env=path)
         spack_.envs[name] = path
     return spack_
+
+
+#: The AppRun of the probe image: prints its arguments, environment and working directory,
+#: then, as its first argument asks, exits with a code, kills itself with a signal, or
+#: waits for a signal (printing "ready").
+PROBE_APPRUN = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static void on_signal(int s) { printf("got signal %d\n", s); fflush(stdout); _exit(99); }
+int main(int argc, char **argv) {
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) return 3;
+    printf("argv:");
+    for (int i = 0; i < argc; i++) printf(" %s", argv[i]);
+    printf("\n");
+    const char *names[] = {"APPIMAGE", "APPDIR", "ARGV0", "OWD", "HOME"};
+    for (int i = 0; i < 5; i++) printf("%s=%s\n", names[i], getenv(names[i]) ? getenv(names[i]) : "-");
+    printf("cwd=%s\n", cwd);
+    fflush(stdout);
+    const char *what = argc > 1 ? argv[1] : "";
+    if (!strcmp(what, "exit")) return atoi(argv[2]);
+    if (!strcmp(what, "kill")) raise(atoi(argv[2]));
+    if (!strcmp(what, "wait")) {
+        int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
+        for (int i = 0; i < 7; i++) signal(sigs[i], on_signal);
+        printf("ready\n");
+        fflush(stdout);
+        for (;;) pause();
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def our_runtime():
+    from spack.extensions.appimage import runtime
+
+    return runtime.build()
+
+
+@pytest.fixture(scope="session")
+def probe_image(our_runtime):
+    """An image of :data:`PROBE_APPRUN` with the project's runtime, world-readable (tests
+    also run it as nobody)."""
+    work = tempfile.mkdtemp(prefix="runtime-test-")
+    os.chmod(work, 0o755)
+    appdir = os.path.join(work, "AppDir")
+    os.makedirs(os.path.join(appdir, "data"))
+    cc(os.path.join(appdir, "AppRun"), PROBE_APPRUN)
+    os.remove(os.path.join(appdir, "AppRun.c"))
+    with open(os.path.join(appdir, "data", "x.txt"), "w") as f:
+        f.write("x\n")
+    return make_image(our_runtime, appdir, os.path.join(work, "t.app"))
+
+
+def make_image(runtime_file, appdir, output):
+    """An image of ``appdir`` at ``output`` with ``runtime_file``, as the pipeline's last
+    stages make it."""
+    from spack.extensions.appimage import assemble, runtime, squashfs
+
+    mksquashfs = squashfs.find_mksquashfs([])
+    with assemble.output_file(output, force=True) as partial:
+        squashfs.make(mksquashfs, appdir, partial, offset=os.path.getsize(runtime_file),
+                      compression="zstd", jobs=None, progress=False)
+        assemble.write_runtime(runtime_file, partial)
+        assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION, 4 << 20)
+    return output
+
+
+
+def mounts_of(image):
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if image in line]
+
+
+def wait_unmounted(image, seconds=10):
+    deadline = time.time() + seconds
+    while mounts_of(image) and time.time() < deadline:
+        time.sleep(0.1)
+    return not mounts_of(image)
+
+
+def servers_of(image):
+    found = subprocess.run(["pgrep", "-f", image], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
+def wait_no_server(image, seconds=10):
+    deadline = time.time() + seconds
+    while servers_of(image) and time.time() < deadline:
+        time.sleep(0.1)
+    return not servers_of(image)
+
+
+def leftovers(image):
+    """What of the image is left in the runtime's directory: mount directories
+    (``<id>-<mount namespace>``, with their lock files) and extracted trees (``<id>/root``;
+    the extraction cache's two lock files stay)."""
+    doctor = subprocess.run([image, "--appimage-doctor"], capture_output=True, text=True)
+    image_id = doctor.stdout.split("image id: ")[1].split()[0]
+    base = f"/tmp/spack-appimage-{os.getuid()}"
+    mounts = [name for name in os.listdir(base) if name.startswith(image_id + "-")]
+    extracted = os.path.join(base, image_id)
+    return mounts + [p for p in os.listdir(extracted) if p not in ("lock", "users")] \
+        if os.path.isdir(extracted) else mounts
+
+
+def wait_nothing_left(image, seconds=10):
+    deadline = time.time() + seconds
+    while leftovers(image) and time.time() < deadline:
+        time.sleep(0.1)
+    return not leftovers(image)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Slurm:
+    """A real one-node Slurm (Debian's slurmctld, slurmd and munged) in a directory of
+    its own: the node is this machine, declared with 8 CPUs so that 8 ranks fit on 2
+    cores; ``env`` points srun, salloc, squeue and scancel at it."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.conf = os.path.join(root, "slurm.conf")
+        self.env = dict(os.environ, SLURM_CONF=self.conf, OMPI_ALLOW_RUN_AS_ROOT="1",
+                        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        self.daemons = []
+
+    def write_config(self) -> None:
+        host = subprocess.run(["hostname", "-s"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        r = self.root
+        with open(self.conf, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                ClusterName=spackappimage
+                SlurmctldHost={host}
+                SlurmUser=root
+                SlurmdUser=root
+                AuthType=auth/munge
+                AuthInfo=socket={r}/munge.sock
+                StateSaveLocation={r}/state
+                SlurmdSpoolDir={r}/spool
+                SlurmctldPidFile={r}/slurmctld.pid
+                SlurmdPidFile={r}/slurmd.pid
+                SlurmctldPort={_free_port()}
+                SlurmdPort={_free_port()}
+                SlurmctldLogFile={r}/slurmctld.log
+                SlurmdLogFile={r}/slurmd.log
+                ProctrackType=proctrack/linuxproc
+                TaskPlugin=task/none
+                JobAcctGatherType=jobacct_gather/none
+                MpiDefault=none
+                SelectType=select/cons_tres
+                SelectTypeParameters=CR_Core
+                ReturnToService=2
+                SlurmdParameters=config_overrides
+                NodeName={host} CPUs=8 Boards=1 SocketsPerBoard=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=1000 State=UNKNOWN
+                PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE
+                """))
+
+    def start(self) -> None:
+        for directory in ("state", "spool"):
+            os.makedirs(os.path.join(self.root, directory))
+        key = os.path.join(self.root, "munge.key")
+        with open(key, "wb") as f:
+            f.write(os.urandom(1024))
+        os.chmod(key, 0o600)
+        self.write_config()
+        subprocess.run(["munged", "--force", f"--socket={self.root}/munge.sock",
+                        f"--key-file={key}", f"--log-file={self.root}/munged.log",
+                        f"--pid-file={self.root}/munged.pid",
+                        f"--seed-file={self.root}/munged.seed"], check=True)
+        for daemon in ("slurmctld", "slurmd"):
+            log = open(os.path.join(self.root, f"{daemon}.out"), "w")
+            self.daemons.append(subprocess.Popen([daemon, "-D", "-f", self.conf], stdout=log,
+                                                 stderr=subprocess.STDOUT, env=self.env))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
+                                   text=True, env=self.env).stdout.strip()
+            if state == "idle":
+                return
+            time.sleep(0.2)
+        pytest.fail(f"the test Slurm did not come up (node state {state!r}); see "
+                    f"{self.root}/slurmctld.log and slurmd.log", pytrace=False)
+
+    def stop(self) -> None:
+        subprocess.run(["scancel", "--full", "-u", "root"], env=self.env, capture_output=True)
+        for daemon in reversed(self.daemons):
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        subprocess.run(["munged", "--stop", f"--socket={self.root}/munge.sock"],
+                       capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real one-node Slurm, started for the session and stopped after."""
+    for tool, package in (("slurmctld", "slurmctld"), ("slurmd", "slurmd"),
+                          ("munged", "munge"), ("srun", "slurm-client")):
+        _require(tool, f"apt-get install {package} (see .ci/run)")
+    cluster = Slurm(str(tmp_path_factory.mktemp("slurm")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

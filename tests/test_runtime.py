@@ -10,76 +10,20 @@ import select
 import shutil
 import signal
 import subprocess
-import tempfile
-import time
 
 import pytest
-from conftest import cc, wait_for_line
+from conftest import (mounts_of, wait_for_line, wait_no_server, wait_nothing_left,
+                      wait_unmounted)
 from elftools.elf.elffile import ELFFile
 
-from spack.extensions.appimage import assemble, runtime, squashfs
-
-APPRUN = r"""
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-static void on_signal(int s) { printf("got signal %d\n", s); fflush(stdout); _exit(99); }
-int main(int argc, char **argv) {
-    char cwd[4096];
-    if (!getcwd(cwd, sizeof cwd)) return 3;
-    printf("argv:");
-    for (int i = 0; i < argc; i++) printf(" %s", argv[i]);
-    printf("\n");
-    const char *names[] = {"APPIMAGE", "APPDIR", "ARGV0", "OWD", "HOME"};
-    for (int i = 0; i < 5; i++) printf("%s=%s\n", names[i], getenv(names[i]) ? getenv(names[i]) : "-");
-    printf("cwd=%s\n", cwd);
-    fflush(stdout);
-    const char *what = argc > 1 ? argv[1] : "";
-    if (!strcmp(what, "exit")) return atoi(argv[2]);
-    if (!strcmp(what, "kill")) raise(atoi(argv[2]));
-    if (!strcmp(what, "wait")) {
-        int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
-        for (int i = 0; i < 7; i++) signal(sigs[i], on_signal);
-        printf("ready\n");
-        fflush(stdout);
-        for (;;) pause();
-    }
-    return 0;
-}
-"""
+from spack.extensions.appimage import assemble
 
 MODES = {"mount": {}, "extract": {"APPIMAGE_EXTRACT_AND_RUN": "1"}}
 
 
 @pytest.fixture(scope="module")
-def our_runtime():
-    return runtime.build()
-
-
-@pytest.fixture(scope="module")
-def image(our_runtime, tmp_path_factory):
-    """A world-readable image (tests also run it as nobody)."""
-    work = tempfile.mkdtemp(prefix="runtime-test-")
-    os.chmod(work, 0o755)
-    appdir = os.path.join(work, "AppDir")
-    os.makedirs(os.path.join(appdir, "data"))
-    cc(os.path.join(appdir, "AppRun"), APPRUN)
-    os.remove(os.path.join(appdir, "AppRun.c"))
-    with open(os.path.join(appdir, "data", "x.txt"), "w") as f:
-        f.write("x\n")
-    return make_image(our_runtime, appdir, os.path.join(work, "t.app"))
-
-
-def make_image(runtime_file, appdir, output):
-    mksquashfs = squashfs.find_mksquashfs([])
-    with assemble.output_file(output, force=True) as partial:
-        squashfs.make(mksquashfs, appdir, partial, offset=os.path.getsize(runtime_file),
-                      compression="zstd", jobs=None, progress=False)
-        assemble.write_runtime(runtime_file, partial)
-        assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION, 4 << 20)
-    return output
+def image(probe_image):
+    return probe_image
 
 
 def run(image, *args, mode="mount", env=None, **kwargs):
@@ -90,18 +34,6 @@ def run(image, *args, mode="mount", env=None, **kwargs):
 
 def fields(stdout):
     return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
-
-
-def mounts_of(image):
-    with open("/proc/self/mountinfo") as f:
-        return [line for line in f if image in line]
-
-
-def wait_unmounted(image, seconds=10):
-    deadline = time.time() + seconds
-    while mounts_of(image) and time.time() < deadline:
-        time.sleep(0.1)
-    return not mounts_of(image)
 
 
 def test_format(image, our_runtime, tmp_path):
@@ -319,37 +251,6 @@ def test_simultaneous_launches_share_and_clean_up(image, mode):
         assert f"argv: {image} exit 0 {i}\n" in out
     assert wait_unmounted(image)
     assert wait_nothing_left(image)
-
-
-def leftovers(image):
-    """What of the image is left in the runtime's directory: mount directories
-    (``<id>-<mount namespace>``, with their lock files) and extracted trees (``<id>/root``;
-    the extraction cache's two lock files stay)."""
-    image_id = run(image, "--appimage-doctor").stdout.split("image id: ")[1].split()[0]
-    base = f"/tmp/spack-appimage-{os.getuid()}"
-    mounts = [name for name in os.listdir(base) if name.startswith(image_id + "-")]
-    extracted = os.path.join(base, image_id)
-    return mounts + [p for p in os.listdir(extracted) if p not in ("lock", "users")] \
-        if os.path.isdir(extracted) else mounts
-
-
-def wait_nothing_left(image, seconds=10):
-    deadline = time.time() + seconds
-    while leftovers(image) and time.time() < deadline:
-        time.sleep(0.1)
-    return not leftovers(image)
-
-
-def servers_of(image):
-    found = subprocess.run(["pgrep", "-f", image], capture_output=True, text=True).stdout
-    return [int(pid) for pid in found.split()]
-
-
-def wait_no_server(image, seconds=10):
-    deadline = time.time() + seconds
-    while servers_of(image) and time.time() < deadline:
-        time.sleep(0.1)
-    return not servers_of(image)
 
 
 def test_launches_from_other_mount_namespaces_leave_nothing(image):
