@@ -336,6 +336,9 @@ static int kernel_opens;
 static void op_init(void *userdata, struct fuse_conn_info *conn) {
     (void)userdata;
     kernel_opens = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
+    /* Symlink targets too (Linux 4.20+): a program's loader goes through a SONAME link
+       for every library, and without this each is a READLINK round trip. */
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 }
 
 static void op_open(fuse_req_t r, fuse_ino_t i, struct fuse_file_info *f) {
