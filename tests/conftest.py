@@ -8,6 +8,7 @@ tests import the extension into this interpreter from the same Spack.
 """
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -115,6 +116,27 @@ def cc(out: str, source: str, *flags: str) -> str:
         f.write(textwrap.dedent(source))
     subprocess.run(["gcc", "-o", out, src, *flags], check=True)
     return out
+
+
+def fails(site, *args, env=None, cwd=None, code=1, spack_options=()):
+    """Run `spack [spack_options] appimage ARGS`, expect failure; return the error line."""
+    result = site(*spack_options, "appimage", *args, env=env, cwd=cwd, check=False)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "Error:" in line]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@contextlib.contextmanager
+def store_renamed_away(site):
+    """The session's store renamed away for the block: any path into it fails."""
+    away = site.store + ".away"
+    os.rename(site.store, away)
+    try:
+        yield
+    finally:
+        os.rename(away, site.store)
 
 
 class Spack:

@@ -7,21 +7,11 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import cc
+from conftest import cc, fails
 
 from spack.extensions.appimage import relocate, runtime
 from spack.extensions.appimage.errors import AuditError, ToolError
 from spack.extensions.appimage.policy import DEFAULT_POLICY
-
-
-def fails(site, *args, env=None, cwd=None, code=1, spack_options=()):
-    """Run `spack [spack_options] appimage ARGS`, expect failure; return the error line."""
-    result = site(*spack_options, "appimage", *args, env=env, cwd=cwd, check=False)
-    assert result.returncode == code, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "Error:" in line]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 @pytest.fixture

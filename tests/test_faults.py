@@ -14,8 +14,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import wait_for_line
-from test_errors import fails
+from conftest import fails, wait_for_line
 
 ENTRY = ["--entry", "ai-hello=ai-hello"]
 

@@ -7,8 +7,7 @@ import os
 import shutil
 import subprocess
 
-from conftest import cc
-from test_pipeline import store_renamed_away
+from conftest import cc, store_renamed_away
 
 from spack.extensions.appimage import apprun, closure
 

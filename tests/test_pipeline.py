@@ -6,14 +6,13 @@ into it would fail. Images made with ``--runtime`` (a stand-in runtime) are open
 squashfuse at the runtime's offset and their AppRun is run directly.
 """
 
-import contextlib
 import os
 import subprocess
 
 import pytest
 
 import spack.util.elf as elf
-from conftest import ENV_SPECS
+from conftest import ENV_SPECS, store_renamed_away
 
 ENTRIES = ["ai-hello=ai-hello", "ai-cxx", "ai-origin", "ai-runpath"]
 
@@ -23,16 +22,6 @@ def build(site, runtime, output, *args, env=None, check=True):
         "appimage", "--runtime", runtime, "-o", str(output), *args, env=env or site.env,
         check=check,
     )
-
-
-@contextlib.contextmanager
-def store_renamed_away(site):
-    away = site.store + ".away"
-    os.rename(site.store, away)
-    try:
-        yield
-    finally:
-        os.rename(away, site.store)
 
 
 def direct_outputs(site, names, args):

@@ -17,8 +17,7 @@ import zlib
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from conftest import _require
-from test_errors import fails
+from conftest import _require, fails
 
 ENTRIES = ["--entry", "ai-hello=ai-hello", "--entry", "mpi-hello"]
 
@@ -155,7 +154,7 @@ def test_manifest_provenance_comes_from_the_installed_specfiles(site, built):
 
 
 def test_manifest_flag_on_an_image_without_one(tmp_path):
-    from test_runtime import make_image
+    from conftest import make_image
     from spack.extensions.appimage import runtime
 
     appdir = tmp_path / "AppDir"
