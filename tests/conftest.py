@@ -259,7 +259,7 @@ OFFLINE_ENVS = {
         "python@3.11.2 ~ssl ~sqlite3 ~dbm ~readline ~uuid ~crypt ~bz2 ~pyexpat ~tkinter "
         "+zlib +lzma +ctypes",
         "py-six@1.17.0",
-        "py-markupsafe@3.0.2",
+        "py-markupsafe@2.1.3",  # a version every tested spack-packages has
         "py-wheel@0.45.1",
     ],
 }
@@ -268,7 +268,7 @@ OFFLINE_ENVS = {
 @pytest.fixture(scope="session")
 def offline_site():
     """Spack with real software built from Debian's and PyPI's files (tests/offline), in
-    a store under :data:`CACHE` that later runs reuse: the first run fetches the sources
+    a store under :data:`CACHE` (one per Spack version) that later runs reuse: the first run fetches the sources
     (tests/offline/fetch-sources) and builds CPython and its packages, and Open MPI
     (about 12 minutes on 2 cores)."""
     mirror = os.path.join(CACHE, "mirror")
@@ -277,7 +277,8 @@ def offline_site():
     if fetched.returncode != 0:
         pytest.fail("tests/offline/fetch-sources could not get the sources of the offline "
                     f"builds (it needs apt-get and PyPI):\n{fetched.stderr}", pytrace=False)
-    root = os.path.join(CACHE, "offline-site")
+    # One per Spack version: each concretizes (and so hashes and builds) on its own.
+    root = os.path.join(CACHE, f"offline-site-{spack.spack_version}")
     config = _user_config(
         os.path.join(root, "config"),
         install_tree=f"\n    root: {root}/store",
