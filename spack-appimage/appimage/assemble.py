@@ -16,7 +16,7 @@ from typing import Iterator, Optional, Tuple
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from .errors import OutputError
+from .errors import OutputError, temporary
 
 MAGIC_OFFSET = 8
 MAGIC = b"AI\x02"
@@ -85,9 +85,17 @@ def output_file(output: str, force: bool, executable: bool = True) -> Iterator[s
     output = os.path.abspath(output)
     prefix = f".{os.path.basename(output)}.tmp-"
     _remove_orphans(os.path.dirname(output), prefix)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=f"{prefix}{os.getpid()}-")
-    os.close(fd)
-    try:
+    def create() -> str:
+        fd, path = tempfile.mkstemp(dir=os.path.dirname(output),
+                                    prefix=f"{prefix}{os.getpid()}-")
+        os.close(fd)
+        return path
+
+    def remove(path: str) -> None:
+        if os.path.lexists(path):
+            os.unlink(path)
+
+    with temporary(create, remove) as tmp:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -96,9 +104,6 @@ def output_file(output: str, force: bool, executable: bool = True) -> Iterator[s
             os.replace(tmp, output)
         else:
             _link_without_replacing(tmp, output)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
 
 
 def write_runtime(runtime: str, target: str) -> None:

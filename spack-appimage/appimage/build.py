@@ -22,7 +22,7 @@ import spack.llnl.util.tty as tty
 from . import apprun, assemble, bytecode, closure, desktop, entries, extras, interpreters, manifest
 from . import leaks, relocate, report, runenv
 from . import runtime, squashfs, stage
-from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError
+from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError, temporary
 from . import policy as host_policy
 
 
@@ -157,11 +157,10 @@ def _appdir(keep: Optional[str], size: int) -> Iterator[str]:
         os.makedirs(keep, exist_ok=True)
         yield os.path.abspath(keep)
         return
-    path = tempfile.mkdtemp(prefix="spack-appimage-", dir=stage.scratch_parent(size))
-    try:
+    parent = stage.scratch_parent(size)
+    with temporary(lambda: tempfile.mkdtemp(prefix="spack-appimage-", dir=parent),
+                   lambda path: shutil.rmtree(path, ignore_errors=True)) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _closure(found, nodes, layout, policy, include, rules, left_out):

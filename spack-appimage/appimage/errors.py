@@ -5,8 +5,9 @@ Every failure a user can cause is an :class:`AppImageError`: Spack prints it as 
 details (the directories searched, the audit's findings) follow on the next lines.
 """
 
+import contextlib
 import signal
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 from spack.error import SpackError
 
@@ -58,3 +59,27 @@ class Interrupted(AppImageError):
 #: The signals that stop a build (``build`` raises them; ``squashfs`` holds them while it
 #: starts mksquashfs, so that none strikes before the child can be killed).
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def temporary(create: Callable[[], str], remove: Callable[[str], None]) -> Iterator[str]:
+    """A temporary file or directory that ``create`` makes and ``remove`` removes, whatever
+    stops the block. SIGINT and SIGTERM are held from before it is created until the
+    block owns it, and while it is removed: the handler raises at once, and an exception
+    between creation and ``try``, or in the middle of a removal, would leave it behind.
+    A signal that arrives meanwhile is delivered when it is held no longer."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPT_SIGNALS)
+    try:
+        path = create()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held signal lands here
+        yield path
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPT_SIGNALS)
+        try:
+            remove(path)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
