@@ -96,22 +96,20 @@ def extension_trees(extension, interpreter) -> Tuple[str, ...]:
 
 
 def check_library(spec) -> None:
-    """An interpreter whose library tree is missing or unreadable cannot start from the
-    image (nor anywhere): say so before anything is staged."""
-    language = language_of(spec)
+    """An interpreter whose (first) library tree is missing or unreadable cannot start
+    from the image (nor anywhere): say so before anything is staged."""
     label = spec.cformat("{name}{@version}{/hash:7}")
-    for pattern in _format(language.library, spec)[:1]:
-        tree = os.path.join(spec.prefix, pattern)
-        if not os.path.isdir(tree):
-            raise AppImageError(
-                f"{label} has no library tree {tree}",
-                f"reinstall it: spack install --overwrite /{spec.dag_hash(7)}",
-            )
-        if not os.access(tree, os.R_OK | os.X_OK):
-            raise AppImageError(
-                f"cannot read {tree}, the library tree of {label}",
-                "make it readable by you, or reinstall the spec",
-            )
+    tree = os.path.join(spec.prefix, _format(language_of(spec).library, spec)[0])
+    if not os.path.isdir(tree):
+        raise AppImageError(
+            f"{label} has no library tree {tree}",
+            f"reinstall it: spack install --overwrite /{spec.dag_hash(7)}",
+        )
+    if not os.access(tree, os.R_OK | os.X_OK):
+        raise AppImageError(
+            f"cannot read {tree}, the library tree of {label}",
+            "make it readable by you, or reinstall the spec",
+        )
 
 
 def extendee(spec):
