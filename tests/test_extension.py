@@ -49,3 +49,18 @@ def test_loaded_through_the_pip_entry_point(site, tmp_path):
     ).stdout.strip()
     assert installed.startswith(str(venv)) and os.path.isfile(
         os.path.join(installed, "appimage", "apprun", "apprun.c"))
+
+
+def test_missing_pyelftools_is_one_line_naming_the_install_command(site, tmp_path):
+    """Spack run by a Python without pyelftools (a venv without the system's packages)."""
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = dict(site.env_vars, PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
+    result = subprocess.run(["spack", "-e", site.env, "appimage", "--entry", "ai-hello"],
+                            env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    python = venv / "bin" / "python3"
+    assert (f"==> Error: spack appimage needs pyelftools in the Python that runs Spack "
+            f"({python}); install it: {python} -m pip install pyelftools") in result.stderr, \
+        result.stderr

@@ -6,7 +6,11 @@ The pipeline runs one stage per module, each taking and returning plain data:
     closure   which shared libraries they load, resolved the way glibc's ld.so does
     policy    which of those stay on the host (glibc family, GPU drivers, externals)
     extras    what the closure cannot see: --include files and plugin rules
+    interpreters  the library trees of bundled interpreters and their extensions
     stage     an AppDir with one directory per spec, holding only what is needed
+    runenv    the run environment `spack load` would set, rewritten into the image
+    leaks     staged files that still name the store
+    bytecode  Python bytecode made valid in the image (hash-based .pyc)
     relocate  $ORIGIN-relative DT_RPATHs, then an audit of the whole AppDir
     apprun    the compiled dispatcher at the AppDir root and its entry table
     desktop   the .desktop file and icon that AppImage tools look for
