@@ -202,50 +202,23 @@ CACHE = os.environ.get("SPACK_APPIMAGE_TEST_CACHE") or os.path.expanduser(
     "~/.cache/spack-appimage-tests")
 OFFLINE = os.path.join(HERE, "offline")
 
-#: Debian's build tools and libraries that the offline builds take as externals.
-OFFLINE_PACKAGES_YAML = """\
-packages:
-  gettext:
-    externals: [{spec: gettext@0.21, prefix: /usr}]
-    buildable: false
-  libffi:
-    externals: [{spec: libffi@3.4.4, prefix: /usr}]
-    buildable: false
-  pkgconf:
-    externals: [{spec: pkgconf@1.8.1, prefix: /usr}]
-    buildable: false
-  perl:
-    externals: [{spec: perl@5.36.0, prefix: /usr}]
-    buildable: false
-  autoconf:
-    externals: [{spec: autoconf@2.71, prefix: /usr}]
-    buildable: false
-  automake:
-    externals: [{spec: automake@1.16.5, prefix: /usr}]
-    buildable: false
-  libtool:
-    externals: [{spec: libtool@2.4.7, prefix: /usr}]
-    buildable: false
-  m4:
-    externals: [{spec: m4@1.4.19, prefix: /usr}]
-    buildable: false
-  findutils:
-    externals: [{spec: findutils@4.9.0, prefix: /usr}]
-    buildable: false
-  diffutils:
-    externals: [{spec: diffutils@3.8, prefix: /usr}]
-    buildable: false
-  zlib-api:
-    require: zlib
-  zlib:
-    require: "@1.2.13"
-  xz:
-    require: "@5.4.1"
-  numactl:
-    require: "@2.0.16"
-  mpi:
-    require: openmpi
-"""
+#: Debian's build tools and libraries that the offline builds take as externals, with
+#: the versions Debian 12 ships.
+DEBIAN_EXTERNALS = {
+    "gettext": "0.21", "libffi": "3.4.4", "pkgconf": "1.8.1", "perl": "5.36.0",
+    "autoconf": "2.71", "automake": "1.16.5", "libtool": "2.4.7", "m4": "1.4.19",
+    "findutils": "4.9.0", "diffutils": "3.8",
+}
+
+#: Versions the offline sources exist for (tests/offline/fetch-sources), and Open MPI as
+#: the MPI.
+OFFLINE_REQUIREMENTS = {"zlib-api": "zlib", "zlib": "'@1.2.13'", "xz": "'@5.4.1'",
+                        "numactl": "'@2.0.16'", "mpi": "openmpi"}
+
+OFFLINE_PACKAGES_YAML = "packages:\n" + "".join(
+    f"  {name}:\n    externals: [{{spec: {name}@{version}, prefix: /usr}}]\n"
+    "    buildable: false\n" for name, version in DEBIAN_EXTERNALS.items()
+) + "".join(f"  {name}:\n    require: {value}\n" for name, value in OFFLINE_REQUIREMENTS.items())
 
 #: The offline environments: real CPython with py-* packages (a pure-Python one, one
 #: with a C module, one with a console script), built from Debian's and PyPI's files;

@@ -167,7 +167,8 @@ def _closure(found, nodes, layout, policy, include, rules, left_out):
     """The closure of the entries, then of the included files, of the plugins that rules
     add for the specs bundled so far, and of the shared objects of bundled interpreters
     and their extensions, until nothing new comes in. Returns it with every included
-    file and the interpreted stacks (spec -> interpreter)."""
+    file, the interpreted stacks (spec -> interpreter) and ``rules`` with what those
+    interpreters never need."""
     resolver = closure.Resolver(policy)
     for entry in found:
         resolver.add_executable(entry.program)
@@ -188,11 +189,8 @@ def _closure(found, nodes, layout, policy, include, rules, left_out):
         new = [i for i in extras.by_rule(bundled, stacks)
                if i.path not in seen and not active.leaves_out(i.path, i.spec.prefix)]
         if not new:
-            for spec, interpreter in stacks.items():
-                if spec is interpreter:
-                    interpreters.check_library(spec)
-            interpreters.check_extensions_have_interpreter({i.spec for i in included}, stacks)
-            return resolver.closure, included, stacks
+            interpreters.check(stacks, {i.spec for i in included})
+            return resolver.closure, included, stacks, active
         included += new
 
 
@@ -271,9 +269,8 @@ def run(env, options: Options) -> Result:
         progress = _Progress(3 if options.dry_run else 9, interrupts.check, quiet=options.json)
         rules = stage.DataRules(tuple(options.exclude), tuple(options.keep))
         with progress.stage("closure", "closure: resolving shared libraries"):
-            libraries, included, stacks = _closure(found, nodes, layout, policy,
-                                                   options.include, rules, options.exclude_specs)
-        rules = rules.with_never_needed(interpreters.never_needed_in(stacks))
+            libraries, included, stacks, rules = _closure(
+                found, nodes, layout, policy, options.include, rules, options.exclude_specs)
         with progress.stage("plan", "plan: what the AppDir holds"):
             plan = stage.plan(found, libraries, layout, [i.path for i in included], rules,
                               {s: interpreters.trees(s, i) for s, i in stacks.items()})

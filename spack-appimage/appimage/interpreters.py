@@ -145,9 +145,16 @@ def stacks(bundled: Iterable, nodes: Sequence, left_out: Sequence[str] = ()) -> 
     return result
 
 
+def is_interpreter(spec, interpreter) -> bool:
+    """Whether the entry ``spec -> interpreter`` of a stacks dict is the interpreter's own."""
+    return spec.dag_hash() == interpreter.dag_hash()
+
+
 def trees(spec, interpreter) -> Tuple[str, ...]:
     """The prefix-relative trees of ``spec`` bundled for ``interpreter``."""
-    return library_trees(spec) if spec.dag_hash() == interpreter.dag_hash() else extension_trees(spec, interpreter)
+    if is_interpreter(spec, interpreter):
+        return library_trees(spec)
+    return extension_trees(spec, interpreter)
 
 
 def shared_object_globs(spec, interpreter) -> Tuple[str, ...]:
@@ -178,7 +185,7 @@ def never_needed_in(stacks: Dict) -> Tuple[str, ...]:
     """:func:`never_needed` of every interpreter of ``stacks``."""
     return tuple(dict.fromkeys(
         g for spec, interpreter in stacks.items()
-        if spec.dag_hash() == interpreter.dag_hash() for g in never_needed(spec)))
+        if is_interpreter(spec, interpreter) for g in never_needed(spec)))
 
 
 def python_executables(stacks: Dict) -> Dict[str, str]:
@@ -191,11 +198,16 @@ def python_executables(stacks: Dict) -> Dict[str, str]:
     }
 
 
-def check_extensions_have_interpreter(specs: Iterable, stacks: Dict) -> None:
-    """An extension bundled (by ``--include``) without the interpreter it extends cannot
-    be imported by anything in the image."""
+def check(stacks: Dict, included: Iterable) -> None:
+    """Errors before anything is staged: a bundled interpreter whose library tree is
+    missing or unreadable (:func:`check_library`), and an extension in ``included`` (by
+    ``--include``) whose interpreter is not in the image, which nothing there could
+    import it with."""
+    for spec, interpreter in stacks.items():
+        if is_interpreter(spec, interpreter):
+            check_library(spec)
     bundled = {spec.dag_hash() for spec in stacks}
-    for spec in specs:
+    for spec in included:
         target = extendee(spec)
         if target is not None and spec.dag_hash() not in bundled:
             label = spec.cformat("{name}{@version}{/hash:7}")

@@ -71,7 +71,7 @@ def collect(result, layout, always_there) -> dict:
 
 def _stacks(result, layout) -> List[dict]:
     """Each bundled interpreter and extension with its trees and their bytes."""
-    from .interpreters import trees
+    from .interpreters import is_interpreter, trees
 
     rows = []
     for spec, interpreter in sorted(result.stacks.items(), key=lambda i: i[0].name):
@@ -79,7 +79,7 @@ def _stacks(result, layout) -> List[dict]:
         tops = [os.path.join("opt", owner, t) + os.sep for t in trees(spec, interpreter)]
         size = sum(os.path.getsize(src) for dest, src in result.plan.files.items()
                    if dest.startswith(tuple(tops)))
-        rows.append({"owner": owner, "role": "interpreter" if spec is interpreter
+        rows.append({"owner": owner, "role": "interpreter" if is_interpreter(spec, interpreter)
                      else f"extension of {interpreter.name}",
                      "trees": [t.rstrip(os.sep) for t in tops], "bytes": size})
     return rows
