@@ -23,7 +23,16 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 EXTENSION = os.path.join(ROOT, "spack-appimage")
-TEST_REPO = os.path.join(HERE, "repo", "spack_repo", "appimage_test")
+OFFLINE = os.path.join(HERE, "offline")
+
+#: The test package repositories. Each has its packages in Spack 1.x's layout
+#: (``spack_repo/<namespace>/packages/<name_with_underscores>``) and, for Spack before
+#: 1.0, a ``legacy`` repository of links in the older layout (``packages/<name-with-dashes>``)
+#: to the same files.
+REPOS = {
+    "appimage_test": os.path.join(HERE, "repo"),
+    "appimage_offline": os.path.join(OFFLINE, "repo"),
+}
 
 #: What the test environment holds; one concretization and install for the whole session.
 ENV_SPECS = ["ai-hello", "ai-cxx", "ai-origin", "ai-runpath", "ai-mpi", "ai-gpu", "ai-plugin",
@@ -80,7 +89,12 @@ atexit.register(shutil.rmtree, _IN_PROCESS, ignore_errors=True)
 _SPACK_BIN = shutil.which("spack")
 if _SPACK_BIN:
     _spack_root = os.path.dirname(os.path.dirname(os.path.realpath(_SPACK_BIN)))
-    sys.path.insert(0, os.path.join(_spack_root, "lib", "spack"))
+    _lib = os.path.join(_spack_root, "lib", "spack")
+    # Before Spack 1.0, its dependencies sat beside it in lib/spack/external (bin/spack
+    # put them on the path); since 1.0 they are inside the spack package.
+    sys.path[:0] = [p for p in (os.path.join(_lib, "external"),
+                                os.path.join(_lib, "external", "_vendoring"), _lib)
+                    if os.path.isdir(p)]
 try:
     import spack.extensions  # noqa: E402
     import spack.main  # noqa: E402,F401  (sets up Spack's module state)
@@ -88,6 +102,17 @@ try:
     spack.extensions.ensure_extension_loaded("appimage", path=EXTENSION)
 except ImportError:
     spack = None
+
+
+def repos_config(*namespaces: str, indent: str = "") -> str:
+    """``repos:`` naming the test repositories ``namespaces``, first first, in the form the
+    Spack under test reads: a mapping of new-layout repositories since Spack 1.0, a list
+    of legacy-layout ones before."""
+    if spack.spack_version_info < (1,):  # legacy layout
+        lines = [f"- {os.path.join(REPOS[n], 'legacy')}" for n in namespaces]
+    else:
+        lines = [f"  {n}: {os.path.join(REPOS[n], 'spack_repo', n)}" for n in namespaces]
+    return "".join(f"{indent}{line}\n" for line in ["repos:"] + lines)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -185,7 +210,7 @@ def site(tmp_path_factory):
         extensions=f"\n  - {EXTENSION}",
     )
     with open(os.path.join(config, "repos.yaml"), "w") as f:
-        f.write(f"repos:\n  appimage_test: {TEST_REPO}\n")
+        f.write(repos_config("appimage_test"))
     with open(os.path.join(config, "packages.yaml"), "w") as f:
         f.write(PACKAGES_YAML)
     _require("patchelf", "apt-get install patchelf (see .ci/run)")
@@ -200,8 +225,6 @@ def site(tmp_path_factory):
 #: mirror and a Spack store): building it costs minutes, reusing it seconds.
 CACHE = os.environ.get("SPACK_APPIMAGE_TEST_CACHE") or os.path.expanduser(
     "~/.cache/spack-appimage-tests")
-OFFLINE = os.path.join(HERE, "offline")
-
 #: Debian's build tools and libraries that the offline builds take as externals, with
 #: the versions Debian 12 ships.
 DEBIAN_EXTERNALS = {
@@ -220,6 +243,14 @@ OFFLINE_PACKAGES_YAML = "packages:\n" + "".join(
     "    buildable: false\n" for name, version in DEBIAN_EXTERNALS.items()
 ) + "".join(f"  {name}:\n    require: {value}\n" for name, value in OFFLINE_REQUIREMENTS.items())
 
+#: The py-* versions of the offline builds (fetch-sources has the files of both): those of
+#: spack-packages 2025-2026, or of the builtin repository inside Spack before 1.0.
+OFFLINE_PY_VERSIONS = (
+    {"py-six": "1.17.0", "py-wheel": "0.45.1"}
+    if spack is None or spack.spack_version_info >= (1,)
+    else {"py-six": "1.16.0", "py-wheel": "0.41.2"}
+)
+
 #: The offline environments: real CPython with py-* packages (a pure-Python one, one
 #: with a C module, one with a console script), built from Debian's and PyPI's files;
 #: an MPI program with a Spack-built Open MPI (about 8 more minutes).
@@ -231,9 +262,9 @@ OFFLINE_ENVS = {
     "py": [
         "python@3.11.2 ~ssl ~sqlite3 ~dbm ~readline ~uuid ~crypt ~bz2 ~pyexpat ~tkinter "
         "+zlib +lzma +ctypes",
-        "py-six@1.17.0",
-        "py-markupsafe@2.1.3",  # a version every tested spack-packages has
-        "py-wheel@0.45.1",
+        f"py-six@{OFFLINE_PY_VERSIONS['py-six']}",
+        "py-markupsafe@2.1.3",  # a version every tested package repository has
+        f"py-wheel@{OFFLINE_PY_VERSIONS['py-wheel']}",
     ],
 }
 
@@ -269,9 +300,8 @@ def offline_site():
         os.makedirs(path, exist_ok=True)
         # The overlay comes first (an environment's repos precede the site's builtin).
         with open(os.path.join(path, "spack.yaml"), "w") as f:
-            f.write(f"spack:\n  specs: {specs}\n  view: false\n  repos:\n"
-                    f"    appimage_offline: {OFFLINE}/repo/spack_repo/appimage_offline\n"
-                    f"    appimage_test: {TEST_REPO}\n")
+            f.write(f"spack:\n  specs: {specs}\n  view: false\n"
+                    + repos_config("appimage_offline", "appimage_test", indent="  "))
         spack_("install", "--fail-fast", f"-j{os.cpu_count()}", env=path)
         spack_.envs[name] = path
     return spack_

@@ -2,6 +2,7 @@
 (2 for usage errors), no traceback, and no output file created or clobbered."""
 
 import getpass
+import glob
 import os
 import shutil
 import subprocess
@@ -201,3 +202,22 @@ def test_audit_catches_a_planted_absolute_rpath(tmp_path):
     with pytest.raises(AuditError) as error:
         relocate.audit(str(appdir), DEFAULT_POLICY.patterns, ["/opt/store"])
     assert "main: NEEDED libq.so is not in the AppDir" in error.value.long_message
+
+
+def test_audit_reads_needed_alike_with_and_without_spack_verify_libraries(site, tmp_path):
+    """Spack < 1.0 has no ``spack.verify_libraries``; the audit then reads NEEDED with the
+    closure's ELF reader. On a real AppDir both readings agree: nothing unresolved, then
+    exactly the library whose files were removed."""
+    appdir = tmp_path / "AppDir"
+    site("appimage", "--entry", "ai-hello=ai-hello", "-o", str(tmp_path / "x.app"),
+         "--keep-appdir", str(appdir), env=site.env)
+    patterns = DEFAULT_POLICY.patterns
+    readings = [relocate.unresolved_by_closure_reader, relocate.unresolved_needed]
+    assert [read(str(appdir), patterns) for read in readings] == [{}, {}]
+    removed = glob.glob(str(appdir / "opt" / "ai-side-*" / "lib" / "libside*"))
+    assert removed
+    for path in removed:
+        os.remove(path)
+    [hello] = glob.glob(str(appdir / "opt" / "ai-hello-*" / "bin" / "ai-hello"))
+    expected = {os.path.relpath(hello, appdir): ["libside.so"]}
+    assert [read(str(appdir), patterns) for read in readings] == [expected, expected]

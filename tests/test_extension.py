@@ -5,7 +5,9 @@ import shutil
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from conftest import EXTENSION, ROOT
 
 
 def test_loaded_through_config_extensions(site):
@@ -64,3 +66,31 @@ def test_missing_pyelftools_is_one_line_naming_the_install_command(site, tmp_pat
     assert (f"==> Error: spack appimage needs pyelftools in the Python that runs Spack "
             f"({python}); install it: {python} -m pip install pyelftools") in result.stderr, \
         result.stderr
+
+
+#: A Spack older than the extension supports (.ci/run clones it from the git sources of
+#: the Spack on PATH).
+OLD_SPACK = os.environ.get("SPACK_APPIMAGE_OLD_SPACK") or os.path.expanduser("~/spack-0.22")
+
+
+def test_a_spack_older_than_0_23_is_refused_in_one_line(tmp_path):
+    """Spack 0.22 with the extension in config:extensions: the command refuses in one
+    line, and the rest of Spack, help included, is untouched."""
+    if not os.path.isfile(os.path.join(OLD_SPACK, "bin", "spack")):
+        pytest.fail(f"no Spack 0.22 at {OLD_SPACK}: git clone --branch v0.22.5 SPACK_GIT "
+                    f"{OLD_SPACK} (.ci/run does), or set SPACK_APPIMAGE_OLD_SPACK",
+                    pytrace=False)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "config.yaml").write_text(f"config:\n  extensions:\n  - {EXTENSION}\n")
+    env = dict(os.environ, SPACK_USER_CONFIG_PATH=str(config),
+               SPACK_USER_CACHE_PATH=str(tmp_path / "cache"))
+    spack_ = os.path.join(OLD_SPACK, "bin", "spack")
+    refused = subprocess.run([spack_, "appimage", "--entry", "x"], env=env,
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr == \
+        "==> Error: spack appimage needs Spack >= 0.23 (this is 0.22.x)\n", refused.stderr
+    helped = subprocess.run([spack_, "help", "--all"], env=env, capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert helped.returncode == 0 and "appimage" in helped.stdout, helped.stderr

@@ -31,7 +31,8 @@ def names(appdir):
 
 
 def driver_dir(site):
-    [path] = glob.glob(os.path.join(site.store, "*", "ai-gpu-*", "lib", "driver"))
+    [path] = glob.glob(os.path.join(site.store, "**", "ai-gpu-*", "lib", "driver"),
+                       recursive=True)
     return path
 
 

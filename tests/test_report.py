@@ -12,6 +12,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 
 import pytest
@@ -167,13 +168,24 @@ def test_manifest_flag_on_an_image_without_one(tmp_path):
                           "(not built by spack appimage?)\n")
 
 
-def test_sbom_is_valid_cyclonedx_with_every_bundled_spec(built):
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
+#: Validates the SBOM file argv[1] with the official CycloneDX 1.5 schema. In a Python of
+#: its own: Spack before 1.0 puts its vendored attrs first on this one's path, too old for
+#: the schema library.
+VALIDATE_CYCLONEDX = """
+import sys
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())
+sys.exit(str(error) if error else 0)
+"""
 
+
+def test_sbom_is_valid_cyclonedx_with_every_bundled_spec(built):
     image, sbom_path, result = built
+    validated = subprocess.run([sys.executable, "-c", VALIDATE_CYCLONEDX, str(sbom_path)],
+                               capture_output=True, text=True)
+    assert validated.returncode == 0, validated.stderr
     text = sbom_path.read_text()
-    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(text) is None
     sbom = json.loads(text)
     assert (sbom["bomFormat"], sbom["specVersion"], sbom["version"]) == ("CycloneDX", "1.5", 1)
     assert re.fullmatch(r"urn:uuid:[0-9a-f-]{36}", sbom["serialNumber"])

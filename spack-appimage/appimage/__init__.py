@@ -19,8 +19,9 @@ The pipeline runs one stage per module, each taking and returning plain data:
     assemble  runtime + squashfs, written atomically to the output path
 
 ``runtime`` and ``toolchain`` build the C programs (runtime, AppRun) and cache them;
-``settings`` reads ``config:appimage``; ``build`` runs the stages in order;
-``report`` shows a dry run; ``cmd/appimage.py`` only parses arguments.
+``settings`` reads ``config:appimage``; ``compat`` names the Spack APIs that moved
+between the releases the extension supports (0.23 to 1.x); ``build`` runs the stages in
+order; ``report`` shows a dry run; ``cmd/appimage.py`` only parses arguments.
 """
 
 #: The extension's version (also in pyproject.toml), recorded in every manifest.

@@ -17,11 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
-import spack.llnl.util.tty as tty
-
 from . import apprun, assemble, bytecode, closure, desktop, entries, extras, interpreters, manifest
 from . import leaks, relocate, report, runenv
 from . import runtime, squashfs, stage
+from .compat import tty
 from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError, temporary
 from . import policy as host_policy
 

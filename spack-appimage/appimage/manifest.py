@@ -26,16 +26,13 @@ import uuid
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
+from .compat import COMPILER_VIRTUALS, node_compilers
 from .errors import AppImageError, unreadable
 
 #: Where the manifest lives in the AppDir (the runtime's MANIFEST).
 PATH = os.path.join(".appimage", "manifest.json")
 
 FORMAT = "spack-appimage-manifest/1"
-
-#: Virtual packages whose provider is the compiler of a node.
-COMPILER_VIRTUALS = ("c", "cxx", "fortran")
-
 
 def spec_nodes(spec) -> Dict[str, dict]:
     """hash -> node of the specfile describing ``spec``: its installed ``spec.json``,
@@ -61,21 +58,18 @@ def spec_record(spec, in_image: bool) -> dict:
     """What the manifest says of one spec, from its specfile node."""
     nodes = spec_nodes(spec)
     node = nodes[spec.dag_hash()]
-    compilers, dependencies = [], []
-    for dep in node.get("dependencies", []):
-        parameters = dep.get("parameters", {})
-        if set(parameters.get("virtuals", ())) & set(COMPILER_VIRTUALS):
-            compiler = nodes.get(dep["hash"], {})
-            compilers.append(f"{dep['name']}@{compiler.get('version', '?')}")
-        elif set(parameters.get("deptypes", ())) & {"link", "run"}:
-            dependencies.append(dep["hash"])
+    dependencies = [
+        dep["hash"] for dep in node.get("dependencies", [])
+        if set(dep.get("parameters", {}).get("deptypes", ())) & {"link", "run"}
+        and not set(dep.get("parameters", {}).get("virtuals", ())) & set(COMPILER_VIRTUALS)
+    ]
     record = {
         "name": node["name"],
         "version": str(node.get("version", "")),
         "hash": node["hash"],
         "namespace": node.get("namespace"),
         "variants": node.get("parameters", {}),
-        "compiler": sorted(set(compilers)),
+        "compiler": node_compilers(node, nodes),
         "dependencies": sorted(dependencies),
         "in_image": in_image,
     }

@@ -21,11 +21,11 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import spack.util.elf as elf
-from spack.llnl.util.filesystem import visit_directory_tree
-from spack.verify_libraries import ResolveSharedElfLibDepsVisitor
 
-from .closure import Closure
+from .closure import Closure, read_elf
+from .compat import ResolveSharedElfLibDepsVisitor, visit_directory_tree
 from .errors import AuditError, ToolError
+from .policy import HostRule
 from .stage import Layout
 
 ORIGIN = "$ORIGIN"
@@ -114,6 +114,52 @@ def _origin_entries_problem(appdir: str, path: str, parsed) -> Optional[str]:
     return None
 
 
+def unresolved_needed(appdir: str, host_libraries: Sequence[str]) -> Dict[str, List[str]]:
+    """AppDir-relative path -> the NEEDED entries of that ELF file that its own RPATH
+    does not resolve to a loadable library, other than ``host_libraries`` (patterns).
+
+    Spack's ``ResolveSharedElfLibDepsVisitor`` answers: a reading of the staged files
+    independent of the closure that produced them. Spack < 1.0 lacks it; the same rule
+    is then applied with the closure's ELF reader."""
+    if ResolveSharedElfLibDepsVisitor is None:
+        return unresolved_by_closure_reader(appdir, host_libraries)
+    visitor = ResolveSharedElfLibDepsVisitor(list(host_libraries))
+    visit_directory_tree(appdir, visitor)
+    return {
+        rel: [needed.decode(errors="replace") for needed in problem.unresolved]
+        for rel, problem in visitor.problems.items()
+        if problem.unresolved
+    }
+
+
+def unresolved_by_closure_reader(appdir: str, host_libraries: Sequence[str]):
+    """:func:`unresolved_needed` without ``spack.verify_libraries``: each NEEDED must be
+    a loadable ELF object in a directory of the file's own RPATH or RUNPATH."""
+    host = HostRule("host", tuple(host_libraries))
+    result = {}
+    for root, _, files in os.walk(appdir):
+        for name in files:
+            path = os.path.join(root, name)
+            obj = None if os.path.islink(path) else read_elf(path)
+            if obj is None:
+                continue
+            dirs = [d.replace("${ORIGIN}", root).replace(ORIGIN, root)
+                    for d in obj.rpath + (obj.runpath or ())]
+            unresolved = [
+                needed for needed in obj.needed
+                if not host.matches(needed)
+                and not any(_loads(obj, os.path.join(d, needed)) for d in dirs)
+            ]
+            if unresolved:
+                result[os.path.relpath(path, appdir)] = unresolved
+    return result
+
+
+def _loads(obj, path: str) -> bool:
+    candidate = read_elf(path) if os.path.isfile(path) else None
+    return candidate is not None and obj.can_load(candidate)
+
+
 def audit(appdir: str, host_libraries: Sequence[str], store_roots: List[str]) -> None:
     """Raise :class:`AuditError` listing every problem in ``appdir``. NEEDED entries
     matching ``host_libraries`` (names or patterns) are the host's to provide."""
@@ -141,11 +187,9 @@ def audit(appdir: str, host_libraries: Sequence[str], store_roots: List[str]) ->
                 if b"/" in needed:
                     problems.append(f"{rel}: NEEDED {needed.decode()} is a path")
 
-    visitor = ResolveSharedElfLibDepsVisitor(list(host_libraries))
-    visit_directory_tree(appdir, visitor)
-    for rel, problem in sorted(visitor.problems.items()):
-        for needed in problem.unresolved:
-            problems.append(f"{rel}: NEEDED {needed.decode()} is not in the AppDir")
+    for rel, unresolved in sorted(unresolved_needed(appdir, host_libraries).items()):
+        for needed in unresolved:
+            problems.append(f"{rel}: NEEDED {needed} is not in the AppDir")
 
     if problems:
         raise AuditError(

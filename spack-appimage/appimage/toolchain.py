@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from typing import Callable, List, Optional, Sequence
 
+from .compat import configured_c_compilers
 from .errors import ToolError
 
 
@@ -23,20 +24,15 @@ def cache_dir() -> str:
 
 
 def c_compiler() -> str:
-    """The C compiler of the first compiler external in ``packages:`` config, else ``cc``.
+    """The first C compiler of Spack's configuration that exists, else ``cc``.
 
     Read from the config rather than ``spack.compilers.config.all_compilers``: that one
     filters by the packages tagged ``compiler``, which builds the tag index of the whole
     builtin repository on a cold misc cache (measured: ~110 s on a 2-core machine) just
     to learn one path."""
-    import spack.config
-
-    for package in spack.config.get("packages").values():
-        for external in (package or {}).get("externals") or []:
-            extra = external.get("extra_attributes") or {}
-            cc = (extra.get("compilers") or {}).get("c")
-            if cc and os.access(cc, os.X_OK):
-                return cc
+    for cc in configured_c_compilers():
+        if os.access(cc, os.X_OK):
+            return cc
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise ToolError(

@@ -5,9 +5,9 @@ import os
 import sys
 
 import spack.cmd
-import spack.llnl.util.tty as tty
 from spack.cmd.common import arguments
 
+from ..compat import require_supported_spack, tty
 from ..squashfs import COMPRESSIONS
 
 try:
@@ -124,6 +124,7 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
 
 
 def appimage(parser, args):
+    require_supported_spack()
     if build is None:
         tty.die(f"spack appimage needs pyelftools in the Python that runs Spack "
                 f"({sys.executable}); install it: {sys.executable} -m pip install pyelftools")

@@ -1,7 +1,5 @@
 import os
 
-from spack_repo.builtin.build_systems.generic import Package
-
 from spack.package import *
 
 

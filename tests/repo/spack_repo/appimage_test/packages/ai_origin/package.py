@@ -1,5 +1,3 @@
-from spack_repo.builtin.build_systems.generic import Package
-
 from spack.package import *
 
 

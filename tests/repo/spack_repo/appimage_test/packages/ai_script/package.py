@@ -1,7 +1,6 @@
 import os
 
 import spack.hooks.sbang
-from spack_repo.builtin.build_systems.generic import Package
 
 from spack.package import *
 

@@ -6,7 +6,10 @@ The builtin recipe also applies a patch downloaded from GitHub to 4.1.4 (ompi co
 the tests reduce nothing, so this overlay leaves that one patch out.
 """
 
-from spack_repo.builtin.packages.openmpi.package import Openmpi as BuiltinOpenmpi
+try:
+    from spack_repo.builtin.packages.openmpi.package import Openmpi as BuiltinOpenmpi
+except ImportError:  # Spack < 1.0: the legacy repository layout
+    from spack.pkg.builtin.openmpi import Openmpi as BuiltinOpenmpi
 
 from spack.package import *
 

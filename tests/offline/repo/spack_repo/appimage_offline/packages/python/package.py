@@ -4,7 +4,10 @@ The builtin recipe no longer lists 3.11.2, the version Debian 12 ships sources f
 everything else (variants, build, run environment) is the builtin recipe's.
 """
 
-from spack_repo.builtin.packages.python.package import Python as BuiltinPython
+try:
+    from spack_repo.builtin.packages.python.package import Python as BuiltinPython
+except ImportError:  # Spack < 1.0: the legacy repository layout
+    from spack.pkg.builtin.python import Python as BuiltinPython
 
 from spack.package import *
 

@@ -1,8 +1,12 @@
 """xz 5.4.1 from Debian's orig tarball, upstream's ``.tar.xz`` (the recipe checksums the
 ``.tar.bz2``)."""
 
-from spack_repo.builtin.packages.xz.package import AutotoolsBuilder  # noqa: F401
-from spack_repo.builtin.packages.xz.package import Xz as BuiltinXz
+try:
+    from spack_repo.builtin.packages.xz.package import AutotoolsBuilder  # noqa: F401
+    from spack_repo.builtin.packages.xz.package import Xz as BuiltinXz
+except ImportError:  # Spack < 1.0: the legacy repository layout
+    from spack.pkg.builtin.xz import AutotoolsBuilder  # noqa: F401
+    from spack.pkg.builtin.xz import Xz as BuiltinXz
 
 from spack.package import *
 

@@ -1,7 +1,11 @@
 """zlib 1.2.13 from Debian's repacked orig tarball (``+dfsg``: other bytes, same code)."""
 
-from spack_repo.builtin.packages.zlib.package import GenericBuilder, MakefileBuilder  # noqa: F401
-from spack_repo.builtin.packages.zlib.package import Zlib as BuiltinZlib
+try:
+    from spack_repo.builtin.packages.zlib.package import GenericBuilder, MakefileBuilder  # noqa: F401
+    from spack_repo.builtin.packages.zlib.package import Zlib as BuiltinZlib
+except ImportError:  # Spack < 1.0: the legacy repository layout
+    from spack.pkg.builtin.zlib import GenericBuilder, MakefileBuilder  # noqa: F401
+    from spack.pkg.builtin.zlib import Zlib as BuiltinZlib
 
 from spack.package import *
 
