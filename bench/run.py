@@ -42,8 +42,8 @@ import launch  # noqa: E402  (imports Spack and the extension)
 import tree  # noqa: E402
 
 from spack.extensions.appimage import (  # noqa: E402
-    apprun, assemble, closure, desktop, entries, manifest, policy, relocate, runtime, squashfs,
-    stage,
+    apprun, assemble, closure, desktop, elf, entries, manifest, policy, relocate, runtime,
+    squashfs, stage,
 )
 
 TEST_REPO = os.path.join(ROOT, "tests", "repo", "spack_repo", "appimage_test")
@@ -187,7 +187,7 @@ def flat_bundle(appdir, work):
     for root, _, names in os.walk(os.path.join(appdir, "opt")):
         for name in names:
             path = os.path.join(root, name)
-            if os.path.islink(path) or closure.read_elf(path) is None:
+            if os.path.islink(path) or elf.read_elf(path) is None:
                 continue
             sub = "usr/bin" if os.path.basename(root) == "bin" else "usr/lib"
             shutil.copy(path, os.path.join(flat, sub, name))

@@ -536,9 +536,9 @@ def stub_runtime(tmp_path_factory):
         ["gcc", "-O2", "-s", "-o", out, os.path.join(HERE, "data", "stub_runtime.c")],
         check=True,
     )
-    with open(out, "rb+") as f:
-        f.seek(8)
-        f.write(b"AI\x02")
+    from spack.extensions.appimage import assemble
+
+    assemble.stamp_magic(out)
     return out
 
 

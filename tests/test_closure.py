@@ -12,7 +12,7 @@ import pytest
 from conftest import cc
 from elftools.elf.elffile import ELFFile
 
-from spack.extensions.appimage import closure
+from spack.extensions.appimage import closure, elf
 from spack.extensions.appimage.errors import ClosureError
 from spack.extensions.appimage.policy import DEFAULT_POLICY
 
@@ -174,7 +174,7 @@ def set_nodeflib(path):
         for index, tag in enumerate(segment.iter_tags()):
             if tag.entry.d_tag == "DT_FLAGS_1":
                 f.seek(segment["p_offset"] + 16 * index + 8)
-                f.write((tag.entry.d_val | closure.DF_1_NODEFLIB).to_bytes(8, "little"))
+                f.write((tag.entry.d_val | elf.DF_1_NODEFLIB).to_bytes(8, "little"))
                 return
     raise AssertionError("gcc wrote no DT_FLAGS_1")
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from conftest import cc, fails
 
-from spack.extensions.appimage import relocate, runtime
+from spack.extensions.appimage import assemble, relocate, runtime
 from spack.extensions.appimage.errors import AuditError, ToolError
 from spack.extensions.appimage.policy import DEFAULT_POLICY
 
@@ -83,7 +83,7 @@ def test_not_concretized_then_not_installed_then_install(site, stub_runtime, out
     done = tmp_path / "lonely.app"
     site("appimage", "--install", "--runtime", stub_runtime, "-o", str(done),
          "--entry", "ai-lonely", env=env)
-    assert done.read_bytes()[8:11] == b"AI\x02"
+    assert done.read_bytes()[8:11] == assemble.MAGIC
 
 
 def test_existing_output_is_kept_without_force(site, stub_runtime, tmp_path):

@@ -16,6 +16,8 @@ import time
 import pytest
 from conftest import fails, wait_for_line
 
+from spack.extensions.appimage import assemble
+
 ENTRY = ["--entry", "ai-hello=ai-hello"]
 
 
@@ -92,7 +94,7 @@ def test_interrupted_at_each_stage(site, clean, sig, stage):
     if os.path.exists(clean):  # the last stage (5 ms) may end before the signal lands
         assert stage == STAGES, "the build was not interrupted"
         # Then the image is whole, whatever the signal did to the exiting process.
-        assert clean.read_bytes()[8:11] == b"AI\x02"
+        assert clean.read_bytes()[8:11] == assemble.MAGIC
         assert "the partial image and the temporary files were removed" not in err
         os.remove(clean)
         return

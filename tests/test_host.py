@@ -4,12 +4,14 @@ makes before it runs an entry. Real Spack, real Debian OpenMPI as an external, r
 
 import glob
 import os
+import platform
 import shutil
+import struct
 import subprocess
 
 from conftest import cc, store_renamed_away
 
-from spack.extensions.appimage import apprun, closure
+from spack.extensions.appimage import apprun, elf
 
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"]
 
@@ -170,12 +172,12 @@ def test_glibc_requirement_is_read_from_symbol_versions(tmp_path):
        "-nostdlib", "-Wl,-soname,libc.so.6", f"-Wl,--version-script={tmp_path / 'v.map'}")
     user = cc(str(tmp_path / "libuser.so"), "int fake_new(void); int f(void) { return fake_new(); }",
               "-shared", "-fPIC", "-nostdlib", str(stub / "libc.so.6"))
-    assert closure.glibc_requirement([closure.read_elf(user)]) == "2.99"
+    assert elf.glibc_requirement([elf.read_elf(user)]) == "2.99"
     # The dynamic-array reader agrees with pyelftools, on this and on the host's programs.
     for path in [user, "/bin/true", "/usr/bin/python3", *glob.glob("/usr/lib/x86_64-linux-gnu/libstdc++.so.6")]:
         with open(os.path.realpath(path), "rb") as f:
-            assert closure.read_elf(path).glibc == closure._read_with_pyelftools(path, f).glibc
-    assert closure.read_elf("/bin/true").glibc >= (2, 2)
+            assert elf.read_elf(path).glibc == elf._read_with_pyelftools(path, f).glibc
+    assert elf.read_elf("/bin/true").glibc >= (2, 2)
 
 
 def test_apprun_puts_the_bundled_bin_directories_first_in_path(tmp_path):
@@ -205,3 +207,67 @@ def test_apprun_refuses_a_host_glibc_older_than_needed(tmp_path):
     apprun.write_table(str(appdir), [apprun.EntryPoint("true", "bin/true")], None, ["bin"],
                        glibc="2.2")
     assert subprocess.run([appdir / "AppRun"]).returncode == 0
+
+
+def test_apprun_reads_a_table_of_any_size(tmp_path):
+    appdir = tmp_path / "AppDir"
+    (appdir / "bin").mkdir(parents=True)
+    os.symlink(shutil.which("env"), appdir / "bin" / "env")
+    points = [apprun.EntryPoint(f"e{i}", "bin/env") for i in range(3000)]
+    apprun.write_table(str(appdir), points, None, [f"d{i}" for i in range(1100)])
+    shutil.copy(apprun.build(), appdir / "AppRun")
+    result = subprocess.run([appdir / "AppRun", "e2999"], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    [path] = [line for line in result.stdout.splitlines() if line.startswith("PATH=")]
+    assert path.split(":")[-3:] == [f"{appdir}/d1099", "/usr/bin", "/bin"]
+
+
+def ld_so_cache(libraries):
+    """An /etc/ld.so.cache in glibc's format ("glibc-ld.so.cache1.1") listing
+    (flags, name, path) entries."""
+    strings, offsets = b"", []
+    start = 48 + 24 * len(libraries)
+    for _, name, path in libraries:
+        offsets.append((start + len(strings), start + len(strings) + len(name) + 1))
+        strings += name.encode() + b"\0" + path.encode() + b"\0"
+    header = b"glibc-ld.so.cache1.1" + struct.pack("<IIB3xI12x", len(libraries),
+                                                      len(strings), 0, 0)
+    entries = b"".join(struct.pack("<iIIIQ", flags, key, value, 0, 0)
+                       for (flags, _, _), (key, value) in zip(libraries, offsets))
+    return header + entries + strings
+
+
+def test_apprun_looks_for_host_libraries_as_this_hosts_loader_would(tmp_path):
+    """In the table's loader directories, and in ld.so.cache only under this
+    architecture's flags: a multilib cache also lists 32-bit libraries by the same name."""
+    appdir = tmp_path / "AppDir"
+    (appdir / "bin").mkdir(parents=True)
+    os.symlink("/bin/true", appdir / "bin" / "true")
+    shutil.copy(apprun.build(), appdir / "AppRun")
+    found, cached = tmp_path / "lib", tmp_path / "cached"
+    for directory, name in ((found, "libindir.so.1"), (cached, "libcached.so.1")):
+        directory.mkdir()
+        (directory / name).write_bytes(b"")
+    cache = tmp_path / "ld.so.cache"
+
+    def run(cache_flags, loader_dirs):
+        cache.write_bytes(ld_so_cache([(cache_flags, "libcached.so.1",
+                                        str(cached / "libcached.so.1"))]))
+        apprun.write_table(str(appdir), [apprun.EntryPoint("true", "bin/true")], None,
+                           ["bin"], host_libs=[("true", "libcached.so.1", "MPI"),
+                                               ("true", "libindir.so.1", "MPI")],
+                           loader_dirs=loader_dirs)
+        return subprocess.run(
+            ["unshare", "-m", "sh", "-c",
+             'mount --bind "$1" /etc/ld.so.cache && exec "$2"', "-", cache,
+             appdir / "AppRun"], capture_output=True, text=True,
+            env={"PATH": "/usr/bin:/bin", "APPIMAGE": "/x/t.app"})
+
+    native = {"x86_64": 0x0303, "aarch64": 0x0A03, "ppc64le": 0x0503}[platform.machine()]
+    assert run(native, [str(found)]).returncode == 0
+    refused = run(0x0003, [str(found)])  # an i386 library of that name
+    assert refused.returncode == 127
+    assert refused.stderr.startswith("t.app: true needs libcached.so.1 (MPI) from this host")
+    refused = run(native, [])
+    assert refused.stderr.startswith("t.app: true needs libindir.so.1 (MPI) from this host")

@@ -6,6 +6,7 @@ Images run with the store hidden: in a private mount namespace whose store direc
 an empty tmpfs, so any path into the store fails, and with a TMPDIR of their own.
 """
 
+import inspect
 import json
 import os
 import shutil
@@ -206,6 +207,15 @@ def test_open_mpi_is_relocated_and_its_daemon_bundled(offline_site):
     assert "host" in owners and not any(o.startswith("glibc") for o in owners)
 
 
+def set_prefix(spec, path):
+    """Points ``spec`` at another prefix: ``Spec.set_prefix`` since Spack 1.0, the
+    ``prefix`` property's setter before."""
+    if hasattr(spec, "set_prefix"):
+        spec.set_prefix(path)
+    else:
+        spec.prefix = path
+
+
 def test_an_interpreter_without_its_library_tree_is_an_error(offline_site, tmp_path):
     import spack.spec
     from spack.extensions.appimage import interpreters
@@ -216,7 +226,7 @@ def test_an_interpreter_without_its_library_tree_is_an_error(offline_site, tmp_p
                                                         "spec.json"))
     copy = tmp_path / "python-copy"  # the install without lib/python3.11
     shutil.copytree(os.path.join(installed.strip(), "bin"), copy / "bin", symlinks=True)
-    python.set_prefix(str(copy))
+    set_prefix(python, str(copy))
     with pytest.raises(AppImageError) as error:
         interpreters.check_library(python)
     assert str(error.value).startswith(f"python@3.11.2/{python.dag_hash(7)} has no library "
@@ -235,7 +245,8 @@ def test_an_unreadable_library_tree_is_an_error(offline_site, tmp_path):
         f"spack.extensions.ensure_extension_loaded('appimage', path={EXTENSION!r})\n"
         "from spack.extensions.appimage import interpreters\n"
         f"python = spack.spec.Spec.from_specfile({installed.strip()!r} + '/.spack/spec.json')\n"
-        f"python.set_prefix({str(copy)!r})\n"
+        + inspect.getsource(set_prefix) +
+        f"set_prefix(python, {str(copy)!r})\n"
         "interpreters.check_library(python)\n")
     result = subprocess.run(
         [shutil.which("setpriv"), "--bounding-set", "-dac_override,-dac_read_search",

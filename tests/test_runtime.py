@@ -10,9 +10,11 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 
 import pytest
-from conftest import (mounts_of, wait_for_line, wait_no_server, wait_nothing_left,
+from conftest import (cc, mounts_of, wait_for_line, wait_no_server, wait_nothing_left,
                       wait_unmounted)
 from elftools.elf.elffile import ELFFile
 
@@ -38,7 +40,7 @@ def fields(stdout):
 
 def test_format(image, our_runtime, tmp_path):
     data = open(image, "rb").read()
-    assert data[:4] == b"\x7fELF" and data[8:11] == b"AI\x02"
+    assert data[:4] == b"\x7fELF" and data[8:11] == assemble.MAGIC
     with open(our_runtime, "rb") as f:
         sections = {s.name: s["sh_size"] for s in ELFFile(f).iter_sections()}
     assert {n: sections[n] for n in (".digest_md5", ".upd_info", ".sha256_sig", ".sig_key")} == {
@@ -331,6 +333,111 @@ def test_noexec_or_full_tmpdir_moves_on(image, tmp_path):
             assert f"skipping {point}" in result.stderr
         finally:
             subprocess.run(["umount", str(point)], check=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tmpdir_too_long_for_the_runtimes_paths_is_skipped(image, tmp_path, mode):
+    """Nothing is made at a truncated path: the runtime moves on to the next directory."""
+    deep = str(tmp_path)
+    while len(deep) < 4096 - 12:  # room for the directory, not for what goes in it
+        deep = os.path.join(deep, "d" * min(200, 4096 - 13 - len(deep)))
+    os.makedirs(deep)
+    result = run(image, mode=mode, env={"TMPDIR": deep, "VERBOSE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert f"skipping {deep}: path too long" in result.stderr
+    assert not fields(result.stdout)["APPDIR"].startswith(str(tmp_path))
+    assert os.listdir(deep) == []
+
+
+@pytest.fixture
+def fuse_for_everyone():
+    """/dev/fuse open to other users for the test (Debian's is root's alone), so that a
+    user's mount goes through the setuid fusermount3 as on a cluster's nodes."""
+    mode = os.stat("/dev/fuse").st_mode & 0o777
+    os.chmod("/dev/fuse", 0o666)
+    yield
+    os.chmod("/dev/fuse", mode)
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_a_comma_in_the_image_path_adds_no_mount_option(image, request, user,
+                                                         fuse_for_everyone):
+    """libfuse (root: mount(2)) and fusermount3 (users) split mount options at commas:
+    the image path, which goes into fsname=, must not add options such as allow_other."""
+    shared = tempfile.mkdtemp(prefix="comma-test-")  # nobody must reach the image
+    os.chmod(shared, 0o755)
+    request.addfinalizer(lambda: shutil.rmtree(shared))
+    directory = os.path.join(shared, "a,allow_other,fsname=b")
+    os.mkdir(directory, 0o755)
+    odd = os.path.join(directory, "t.app")
+    shutil.copy(image, odd)
+    as_user = [] if user == "root" else [
+        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    assert wait_unmounted(image)  # the copy has its ID: it would join that mount
+    process = subprocess.Popen([*as_user, odd, "wait"], stdout=subprocess.PIPE,
+                               text=True, cwd=shared, env=dict(os.environ, TMPDIR="/tmp"))
+    try:
+        wait_for_line(process, "ready")
+        [mount] = mounts_of(odd)
+        source, options = mount.split(" - ")[1].split()[1:3]
+        assert source == odd
+        assert "allow_other" not in options.split(","), mount
+    finally:
+        process.terminate()
+        process.wait()
+    assert wait_unmounted(odd)
+
+
+#: Runs a program with close_range(2) failing with ENOSYS, as on Linux before 5.9 (RHEL 8's
+#: 4.18): a seccomp filter, which every process it starts inherits. Installed without
+#: no_new_privs (root may), so a setuid fusermount3 still works under it.
+NO_CLOSE_RANGE = r"""
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_close_range, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog program = {sizeof filter / sizeof *filter, filter};
+    if (argc < 2 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program)) {
+        perror("seccomp");
+        return 126;
+    }
+    execvp(argv[1], argv + 1);
+    perror(argv[1]);
+    return 127;
+}
+"""
+
+
+def test_the_runtime_tests_pass_without_close_range(tmp_path):
+    """This module's tests again, in a pytest run where close_range(2) does not exist."""
+    wrapper = cc(str(tmp_path / "no-close-range"), NO_CLOSE_RANGE)
+    probe = subprocess.run(
+        [wrapper, sys.executable, "-c",
+         "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+         f"print(libc.syscall({CLOSE_RANGE_NR}, 3, 3, 0), os.strerror(ctypes.get_errno()))"],
+        capture_output=True, text=True, check=True)
+    assert probe.stdout.split(None, 1) == ["-1", "Function not implemented\n"]
+    nested = subprocess.run(
+        [wrapper, sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+         "--basetemp", str(tmp_path / "nested"), "-k", "not without_close_range"],
+        capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    assert nested.returncode == 0, nested.stdout[-3000:] + nested.stderr[-2000:]
+    assert " passed" in nested.stdout and " failed" not in nested.stdout
+
+
+#: close_range's system call number on x86-64 and aarch64 (asm-generic): the same, 436.
+CLOSE_RANGE_NR = 436
 
 
 def test_extract_never_follows_a_planted_symlink(image, tmp_path):

@@ -7,6 +7,7 @@ limit which host glibc the image runs on.
 """
 
 import os
+import platform
 import shutil
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -49,10 +50,12 @@ def write_table(
     glibc: Optional[str] = None,
     host_libs: Sequence[Tuple[str, str, str]] = (),
     run_environment: Sequence[Tuple[str, str, str, str]] = (),
+    loader_dirs: Sequence[str] = (),
 ) -> None:
     """The table AppRun reads (format in apprun/apprun.c). ``host_libs`` are (entry,
-    library, why) for the checks AppRun makes before running an entry;
-    ``run_environment`` the (operation, variable, value, separator) it applies."""
+    library, why) for the checks AppRun makes before running an entry, which look in
+    ``loader_dirs`` after ld.so.cache; ``run_environment`` the (operation, variable,
+    value, separator) it applies."""
     lines = [e.line() for e in entries]
     if default:
         lines.append(f"default\t{default}")
@@ -61,6 +64,7 @@ def write_table(
         lines.append(f"glibc\t{glibc}")
     lines += ["\t".join(("host",) + requirement) for requirement in host_libs]
     lines += ["\t".join(("env",) + change) for change in run_environment]
+    lines += [f"loader\t{d}" for d in loader_dirs]
     os.makedirs(os.path.join(appdir, os.path.dirname(TABLE)), exist_ok=True)
     with open(os.path.join(appdir, TABLE), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -71,7 +75,8 @@ def install(appdir: str, entries: Sequence, layout, libraries, policy, default: 
     """AppRun and its table in ``appdir``: the entries, the bin directories put first in
     PATH, the glibc the bundled files need, each entry's host libraries (minus the
     glibc family, which every host has), and the bundled specs' run environment."""
-    from .closure import glibc_requirement
+    from .elf import glibc_requirement
+    from .policy import loader_dirs
 
     points = [EntryPoint.of(e, layout) for e in entries]
     bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
@@ -83,7 +88,7 @@ def install(appdir: str, entries: Sequence, layout, libraries, policy, default: 
         if not policy.always_there(name)
     ]
     write_table(appdir, points, default, bin_dirs, glibc_requirement(libraries.objects.values()),
-                host_libs, run_environment)
+                host_libs, run_environment, loader_dirs(platform.machine()))
     target = os.path.join(appdir, "AppRun")
     shutil.copyfile(build(), target)
     os.chmod(target, 0o755)

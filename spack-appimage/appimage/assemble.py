@@ -24,14 +24,24 @@ MAGIC = b"AI\x02"
 
 def elf_size(path: str) -> int:
     """Where the ELF part of ``path`` ends, computed as the AppImage runtime does:
-    the end of the section header table or of the last section, whichever is later."""
+    the end of the section header table or of the last section, whichever is later; a
+    SHT_NOBITS section (.bss) holds no bytes of the file (runtime.c's elf_end: the same
+    rule)."""
     with open(path, "rb") as f:
         elf = ELFFile(f)
         end = elf["e_shoff"] + elf["e_shentsize"] * elf["e_shnum"]
         if elf.num_sections():
             last = elf.get_section(elf.num_sections() - 1)
-            end = max(end, last["sh_offset"] + last["sh_size"])
+            if last["sh_type"] != "SHT_NOBITS":
+                end = max(end, last["sh_offset"] + last["sh_size"])
         return end
+
+
+def stamp_magic(path: str) -> None:
+    """Mark the runtime at ``path`` as a type-2 AppImage runtime (``AI\\x02`` at 8)."""
+    with open(path, "rb+") as f:
+        f.seek(MAGIC_OFFSET)
+        f.write(MAGIC)
 
 
 def check_runtime(path: str) -> None:

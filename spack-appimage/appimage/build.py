@@ -340,7 +340,7 @@ def run(env, options: Options) -> Result:
 def _manifest(result: Result, layout, options: Options, appdir: Optional[str]) -> dict:
     """The manifest of the build; without file records when nothing was staged."""
     import spack.traverse
-    from .closure import glibc_requirement
+    from .elf import glibc_requirement
 
     points = [apprun.EntryPoint.of(e, layout) for e in result.entries]
     bundled = sorted(_bundled_specs(result.plan, layout), key=lambda s: s.dag_hash())

@@ -173,7 +173,7 @@ def find(request: str, nodes: Sequence) -> Entry:
 def _with_interpreter(entry: Entry, request: str, nodes: Sequence) -> Entry:
     """A script entry whose interpreter is in a prefix of the environment runs with the
     bundled copy of that interpreter; a host interpreter (``/bin/sh``) stays as it is."""
-    from .closure import read_elf
+    from .elf import read_elf
 
     shebang = read_shebang(entry.path)
     if shebang is None:

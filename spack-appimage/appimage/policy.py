@@ -62,6 +62,21 @@ GPU_DRIVERS = (
 )
 
 
+#: Debian's multiarch triplet of each architecture (its library directories' last part).
+MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
+             "ppc64le": "powerpc64le-linux-gnu"}
+
+
+def loader_dirs(machine: str) -> Tuple[str, ...]:
+    """The directories glibc's loader searches after ld.so.cache on hosts of
+    ``machine``, in both conventions an image meets: lib64 (RHEL, SUSE) and Debian's
+    multiarch. AppRun looks there before it reports a host library missing, so the list
+    errs towards more directories: a false "missing" would stop a program that runs."""
+    triplet = MULTIARCH.get(machine)
+    multiarch = (f"/lib/{triplet}", f"/usr/lib/{triplet}") if triplet else ()
+    return ("/lib64", "/usr/lib64") + multiarch + ("/lib", "/usr/lib")
+
+
 @functools.lru_cache(maxsize=None)
 def _regex(patterns: Tuple[str, ...]) -> "re.Pattern":
     """One compiled regex for a tuple of fnmatch patterns (the closure asks per NEEDED)."""

@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import spack.util.elf as elf
 
-from .closure import Closure, read_elf
+from .closure import Closure
+from .elf import read_elf
 from .compat import ResolveSharedElfLibDepsVisitor, visit_directory_tree
 from .errors import AuditError, ToolError
 from .policy import HostRule
@@ -185,7 +186,7 @@ def audit(appdir: str, host_libraries: Sequence[str], store_roots: List[str]) ->
                     problems.append(f"{rel}: PT_INTERP {interp} is in the Spack store")
             for needed in parsed.dt_needed_strs if parsed.has_needed else []:
                 if b"/" in needed:
-                    problems.append(f"{rel}: NEEDED {needed.decode()} is a path")
+                    problems.append(f"{rel}: NEEDED {needed.decode(errors='replace')} is a path")
 
     for rel, unresolved in sorted(unresolved_needed(appdir, host_libraries).items()):
         for needed in unresolved:

@@ -18,6 +18,7 @@ import subprocess
 from typing import List, Tuple
 
 from . import toolchain
+from .assemble import stamp_magic
 from .errors import ToolError
 
 SOURCE = os.path.join(os.path.dirname(__file__), "runtime", "runtime.c")
@@ -107,9 +108,7 @@ def _finish(path: str) -> None:
     if not strip:
         raise ToolError("strip (binutils) is needed to build the runtime", "install binutils")
     subprocess.run([strip, path], check=True)
-    with open(path, "rb+") as f:
-        f.seek(8)
-        f.write(b"AI\x02")
+    stamp_magic(path)
 
 
 def build() -> str:

@@ -236,7 +236,7 @@ class Planner:
 
     def add_data(self, owner: Owner, staged_prefixes: Tuple[str, ...],
                  trees: Tuple[str, ...] = DATA_TREES) -> None:
-        from .closure import read_elf
+        from .elf import read_elf
 
         for tree in trees:
             top = os.path.join(owner.prefix, tree)

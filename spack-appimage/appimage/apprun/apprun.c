@@ -16,10 +16,13 @@
  *                                      (the bundled specs' run environment, applied in
  *                                      order before PATH; OP is set, unset, prepend or
  *                                      append; ${APPDIR} in VALUE is this AppDir)
+ *     loader <TAB> DIR                 (a directory the host's loader searches by default
+ *                                      on this architecture, in order)
  *
  * Before running an entry it checks, cheaply, what would otherwise fail inside the
  * loader with a less helpful message: a host glibc older than the image needs, and host
- * libraries the loader cannot find (LD_LIBRARY_PATH, /etc/ld.so.cache, system dirs).
+ * libraries the loader cannot find (LD_LIBRARY_PATH, /etc/ld.so.cache, the loader
+ * directories). The table has no size limit: its arrays are sized by its line count.
  *
  * Which entry runs:
  *   1. basename of $ARGV0 (set by the runtime), else of argv[0], names an entry:
@@ -42,9 +45,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_ENTRIES 1024
-#define MAX_DIRS 1024
-
 struct entry {
     const char *name;
     const char *path;
@@ -52,23 +52,24 @@ struct entry {
     const char *interpreter_arg;
 };
 
-static struct entry entries[MAX_ENTRIES];
-static int n_entries;
-static const char *dirs[MAX_DIRS];
-static int n_dirs;
-static const char *default_entry;
-static const char *glibc_needed;
-
 struct host_lib {
     const char *entry, *name, *why;
 };
-static struct host_lib host_libs[MAX_ENTRIES];
-static int n_host_libs;
 
 struct env_change {
     const char *op, *name, *value, *separator;
 };
-static struct env_change env_changes[MAX_ENTRIES];
+
+/* The table's lines by kind; each array has room for every line of the table. */
+static struct entry *entries;
+static int n_entries;
+static const char **dirs, **loader_dirs;
+static int n_dirs, n_loader_dirs;
+static const char *default_entry;
+static const char *glibc_needed;
+static struct host_lib *host_libs;
+static int n_host_libs;
+static struct env_change *env_changes;
 static int n_env_changes;
 
 static const char *base_name(const char *path) {
@@ -84,7 +85,10 @@ static char *read_file(const char *path) {
     size_t n;
     while (buf && (n = fread(buf + size, 1, cap - size - 1, f)) > 0) {
         size += n;
-        if (cap - size - 1 == 0) buf = realloc(buf, cap *= 2);
+        if (cap - size - 1 > 0) continue;
+        char *bigger = realloc(buf, cap *= 2);
+        if (!bigger) free(buf);
+        buf = bigger;
     }
     fclose(f);
     if (buf) buf[size] = '\0';
@@ -101,24 +105,34 @@ static int split(char *line, char **fields, int max) {
     return n;
 }
 
-/* Splits the entries file in place. Returns 0 on success. */
+/* Splits the entries file in place. Returns 0 on success, -1 without entries or memory. */
 static int parse(char *text) {
+    size_t lines = 1;
+    for (const char *c = text; *c; c++) lines += *c == '\n';
+    entries = calloc(lines, sizeof *entries);
+    dirs = calloc(lines, sizeof *dirs);
+    loader_dirs = calloc(lines, sizeof *loader_dirs);
+    host_libs = calloc(lines, sizeof *host_libs);
+    env_changes = calloc(lines, sizeof *env_changes);
+    if (!entries || !dirs || !loader_dirs || !host_libs || !env_changes) return -1;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         char *f[6] = {NULL};
         int n = split(line, f, 6);
         const char *kind = f[0], *a = f[1], *b = f[2];
         if (n < 2) continue;
-        if (!strcmp(kind, "entry") && b && n_entries < MAX_ENTRIES)
+        if (!strcmp(kind, "entry") && b)
             entries[n_entries++] = (struct entry){a, b, f[3], f[4]};
         else if (!strcmp(kind, "default"))
             default_entry = a;
-        else if (!strcmp(kind, "path") && n_dirs < MAX_DIRS)
+        else if (!strcmp(kind, "path"))
             dirs[n_dirs++] = a;
+        else if (!strcmp(kind, "loader"))
+            loader_dirs[n_loader_dirs++] = a;
         else if (!strcmp(kind, "glibc"))
             glibc_needed = a;
-        else if (!strcmp(kind, "host") && n >= 4 && n_host_libs < MAX_ENTRIES)
+        else if (!strcmp(kind, "host") && n >= 4)
             host_libs[n_host_libs++] = (struct host_lib){a, b, f[3]};
-        else if (!strcmp(kind, "env") && n >= 5 && n_env_changes < MAX_ENTRIES)
+        else if (!strcmp(kind, "env") && n >= 5)
             env_changes[n_env_changes++] = (struct env_change){a, b, f[3], f[4]};
     }
     return n_entries > 0 ? 0 : -1;
@@ -156,14 +170,28 @@ static void *map_file(const char *path, size_t *size) {
     return data;
 }
 
+/* The ld.so.cache flags of a library this process's loader would take, as glibc's
+   _dl_cache_check_flags accepts them: 1 (any ELF), or the architecture's default ID
+   (FLAG_ELF_LIBC6 with its 64-bit flag). A multilib cache also lists the other
+   word size's library under the same name, with other flags. */
+#if defined(__x86_64__)
+#define CACHE_DEFAULT_ID 0x0303
+#elif defined(__aarch64__)
+#define CACHE_DEFAULT_ID 0x0a03
+#elif defined(__powerpc64__)
+#define CACHE_DEFAULT_ID 0x0503
+#else
+#define CACHE_DEFAULT_ID 0x0003
+#endif
+
 /* glibc's /etc/ld.so.cache ("glibc-ld.so.cache1.1", possibly after the old format):
-   the path of library `name`, or NULL. */
+   the path of library `name` for this architecture, or NULL. */
 static const char *ld_cache_lookup(const char *name) {
     static char *cache;
     static size_t size;
     static const char *strings;
     static uint32_t nlibs;
-    static const unsigned char *entries;
+    static const unsigned char *cache_entries;
     static char found[PATH_MAX];
     if (!cache) {
         if (!(cache = map_file("/etc/ld.so.cache", &size))) return NULL;
@@ -177,14 +205,17 @@ static const char *ld_cache_lookup(const char *name) {
         if (start + 48 > size || memcmp(cache + start, magic, 20)) return NULL;
         memcpy(&nlibs, cache + start + 20, 4);
         strings = cache + start;
-        entries = (const unsigned char *)cache + start + 48;
+        cache_entries = (const unsigned char *)cache + start + 48;
         if (start + 48 + (size_t)nlibs * 24 > size) nlibs = 0;
     }
     for (uint32_t i = 0; i < nlibs; i++) {
+        int32_t flags;
         uint32_t key, value;
-        memcpy(&key, entries + i * 24 + 4, 4);
-        memcpy(&value, entries + i * 24 + 8, 4);
-        if (strings + key < cache + size && !strcmp(strings + key, name) &&
+        memcpy(&flags, cache_entries + i * 24, 4);
+        memcpy(&key, cache_entries + i * 24 + 4, 4);
+        memcpy(&value, cache_entries + i * 24 + 8, 4);
+        if ((flags == 1 || flags == CACHE_DEFAULT_ID) && strings + key < cache + size &&
+            !strcmp(strings + key, name) &&
             strings + value < cache + size) {
             snprintf(found, sizeof found, "%s", strings + value);
             return found;
@@ -193,11 +224,8 @@ static const char *ld_cache_lookup(const char *name) {
     return NULL;
 }
 
-static const char *system_dirs[] = {"/lib64", "/usr/lib64", "/lib", "/usr/lib",
-    "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu", "/lib/powerpc64le-linux-gnu", "/usr/lib/powerpc64le-linux-gnu"};
-
-/* Where the host's loader would find `name`: LD_LIBRARY_PATH, the cache, system dirs. */
+/* Where the host's loader would find `name`: LD_LIBRARY_PATH, the cache, the loader
+   directories of the table. */
 static const char *host_find(const char *name) {
     static char path[PATH_MAX];
     const char *env = getenv("LD_LIBRARY_PATH");
@@ -211,8 +239,8 @@ static const char *host_find(const char *name) {
     }
     const char *cached = ld_cache_lookup(name);
     if (cached) return cached;
-    for (size_t i = 0; i < sizeof system_dirs / sizeof *system_dirs; i++) {
-        snprintf(path, sizeof path, "%s/%s", system_dirs[i], name);
+    for (int i = 0; i < n_loader_dirs; i++) {
+        snprintf(path, sizeof path, "%s/%s", loader_dirs[i], name);
         if (!access(path, R_OK)) return path;
     }
     return NULL;
@@ -378,14 +406,18 @@ int main(int argc, char **argv) {
         path[strlen(path) - 1] = '\0';
     setenv("PATH", path, 1);
 
+    /* A truncated path would name another file: refused. */
     char program[PATH_MAX * 2], script[PATH_MAX * 2];
-    snprintf(program, sizeof program, "%s/%s", self, chosen->path);
+    if (snprintf(script, sizeof script, "%s/%s", self, chosen->path) >= (int)sizeof script ||
+        snprintf(program, sizeof program, "%s/%s", self,
+                 chosen->interpreter ? chosen->interpreter : chosen->path) >= (int)sizeof program) {
+        fprintf(stderr, "AppRun: the path of entry %s is too long\n", chosen->name);
+        return 127;
+    }
     char **args = calloc((size_t)argc + 4, sizeof *args);
     if (!args) return 127;
     int n = 0;
     if (chosen->interpreter) { /* the script's store shebang, pointed at the bundle */
-        snprintf(script, sizeof script, "%s", program);
-        snprintf(program, sizeof program, "%s/%s", self, chosen->interpreter);
         args[n++] = program;
         if (chosen->interpreter_arg) args[n++] = (char *)chosen->interpreter_arg;
         args[n++] = script;

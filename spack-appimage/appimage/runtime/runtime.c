@@ -43,6 +43,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -107,6 +108,20 @@ static void say(const char *fmt, ...) {
     va_end(ap);
 }
 
+/* Formats a path into out; -1 (errno ENAMETOOLONG, out empty) when it does not fit:
+   a truncated path would name another file. */
+static int path_printf(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int path_printf(char *out, size_t cap, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, cap, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < cap) return 0;
+    out[0] = '\0';
+    errno = ENAMETOOLONG;
+    return -1;
+}
+
 /* ------------------------------------------------------------------ the image file */
 
 struct image {
@@ -120,49 +135,82 @@ static int read_at(int fd, void *buf, size_t size, off_t at) {
     return pread(fd, buf, size, at) == (ssize_t)size ? 0 : -1;
 }
 
-/* The ELF end as the official runtime computes it: the later of the section header
-   table's end and the last section's end. Works for both ELF classes. */
-static off_t elf_end(int fd, Elf64_Shdr *strtab_out, off_t *shoff_out, int *shnum_out) {
+/* A section header of either ELF class. */
+struct section {
+    uint32_t name, type;
+    uint64_t offset, size;
+};
+
+struct elf_layout {
+    int class64;
+    uint64_t shoff;
+    uint16_t shentsize, shnum, shstrndx;
+};
+
+static int read_layout(int fd, struct elf_layout *elf) {
     unsigned char ident[EI_NIDENT];
     if (read_at(fd, ident, sizeof ident, 0) || memcmp(ident, ELFMAG, SELFMAG)) return -1;
-    Elf64_Ehdr eh;
-    if (ident[EI_CLASS] == ELFCLASS64) {
+    elf->class64 = ident[EI_CLASS] == ELFCLASS64;
+    if (elf->class64) {
+        Elf64_Ehdr eh;
         if (read_at(fd, &eh, sizeof eh, 0)) return -1;
+        *elf = (struct elf_layout){1, eh.e_shoff, eh.e_shentsize, eh.e_shnum, eh.e_shstrndx};
+    } else if (ident[EI_CLASS] == ELFCLASS32) {
+        Elf32_Ehdr eh;
+        if (read_at(fd, &eh, sizeof eh, 0)) return -1;
+        *elf = (struct elf_layout){0, eh.e_shoff, eh.e_shentsize, eh.e_shnum, eh.e_shstrndx};
     } else {
-        Elf32_Ehdr e32;
-        if (read_at(fd, &e32, sizeof e32, 0)) return -1;
-        eh.e_shoff = e32.e_shoff, eh.e_shentsize = e32.e_shentsize;
-        eh.e_shnum = e32.e_shnum, eh.e_shstrndx = e32.e_shstrndx;
+        return -1;
     }
-    off_t end = eh.e_shoff + (off_t)eh.e_shentsize * eh.e_shnum;
-    if (ident[EI_CLASS] == ELFCLASS64 && eh.e_shnum) {
-        Elf64_Shdr last;
-        if (read_at(fd, &last, sizeof last, eh.e_shoff + (off_t)eh.e_shentsize * (eh.e_shnum - 1)))
-            return -1;
-        if (last.sh_type != SHT_NOBITS && (off_t)(last.sh_offset + last.sh_size) > end)
-            end = last.sh_offset + last.sh_size;
-        if (strtab_out &&
-            read_at(fd, strtab_out, sizeof *strtab_out, eh.e_shoff + (off_t)eh.e_shentsize * eh.e_shstrndx))
-            return -1;
+    return 0;
+}
+
+static int read_section_header(int fd, const struct elf_layout *elf, unsigned i,
+                               struct section *out) {
+    off_t at = (off_t)elf->shoff + (off_t)elf->shentsize * i;
+    if (elf->class64) {
+        Elf64_Shdr sh;
+        if (elf->shentsize < sizeof sh || read_at(fd, &sh, sizeof sh, at)) return -1;
+        *out = (struct section){sh.sh_name, sh.sh_type, sh.sh_offset, sh.sh_size};
+    } else {
+        Elf32_Shdr sh;
+        if (elf->shentsize < sizeof sh || read_at(fd, &sh, sizeof sh, at)) return -1;
+        *out = (struct section){sh.sh_name, sh.sh_type, sh.sh_offset, sh.sh_size};
     }
-    if (shoff_out) *shoff_out = eh.e_shoff;
-    if (shnum_out) *shnum_out = eh.e_shnum;
+    return 0;
+}
+
+/* The ELF end as the official runtime computes it: the later of the section header
+   table's end and the last section's end, where a SHT_NOBITS section (.bss) ends where
+   it starts, holding no bytes of the file (assemble.elf_size: the same rule). */
+static off_t elf_end(int fd) {
+    struct elf_layout elf;
+    struct section last;
+    if (read_layout(fd, &elf)) return -1;
+    off_t end = (off_t)elf.shoff + (off_t)elf.shentsize * elf.shnum;
+    if (elf.shnum) {
+        if (read_section_header(fd, &elf, elf.shnum - 1, &last)) return -1;
+        if (last.type != SHT_NOBITS && (off_t)(last.offset + last.size) > end)
+            end = last.offset + last.size;
+    }
     return end;
 }
 
-/* Reads section `name` of the 64-bit ELF in `fd` into buf (NUL-terminated). */
+/* Reads section `name` of the ELF file in `fd` into buf (NUL-terminated, truncated to
+   cap - 1 bytes: the sections read are fixed-size text). */
 static int read_section(int fd, const char *name, char *buf, size_t cap) {
-    Elf64_Shdr strtab, sh;
-    off_t shoff;
-    int shnum;
-    if (elf_end(fd, &strtab, &shoff, &shnum) < 0) return -1;
-    for (int i = 0; i < shnum; i++) {
+    struct elf_layout elf;
+    struct section strtab, sh;
+    if (read_layout(fd, &elf) || elf.shstrndx >= elf.shnum ||
+        read_section_header(fd, &elf, elf.shstrndx, &strtab))
+        return -1;
+    for (unsigned i = 0; i < elf.shnum; i++) {
         char sname[64] = {0};
-        if (read_at(fd, &sh, sizeof sh, shoff + (off_t)sizeof sh * i)) return -1;
-        if (pread(fd, sname, sizeof sname - 1, strtab.sh_offset + sh.sh_name) <= 0) continue;
+        if (read_section_header(fd, &elf, i, &sh)) return -1;
+        if (pread(fd, sname, sizeof sname - 1, strtab.offset + sh.name) <= 0) continue;
         if (strcmp(sname, name)) continue;
-        size_t n = sh.sh_size < cap - 1 ? sh.sh_size : cap - 1;
-        if (read_at(fd, buf, n, sh.sh_offset)) return -1;
+        size_t n = sh.size < cap - 1 ? sh.size : cap - 1;
+        if (read_at(fd, buf, n, sh.offset)) return -1;
         buf[n] = '\0';
         return 0;
     }
@@ -175,7 +223,7 @@ static void open_image(struct image *img) {
         die("cannot resolve %s: %s", target ? target : "/proc/self/exe", strerror(errno));
     int fd = open(img->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) die("cannot open %s: %s", img->path, strerror(errno));
-    img->offset = elf_end(fd, NULL, NULL, NULL);
+    img->offset = elf_end(fd);
     struct stat st;
     char magic[4];
     if (img->offset <= 0 || fstat(fd, &st) || st.st_size < img->offset + 96 ||
@@ -207,7 +255,10 @@ static void print_section(const struct image *img, const char *name) {
 /* A private directory <candidate>/spack-appimage-<uid>: created 0700, or reused only
    if it is a real directory of ours that nobody else can write. */
 static int private_base(const char *candidate, char *out, size_t cap) {
-    snprintf(out, cap, "%s/spack-appimage-%u", candidate, (unsigned)getuid());
+    if (path_printf(out, cap, "%s/spack-appimage-%u", candidate, (unsigned)getuid())) {
+        say("skipping %s: path too long", candidate);
+        return -1;
+    }
     if (mkdir(out, 0700) && errno != EEXIST) return -1;
     struct stat st;
     if (lstat(out, &st) || !S_ISDIR(st.st_mode)) {
@@ -257,7 +308,7 @@ static int pick_base(int need_exec, unsigned long long need, char *out, size_t c
 
 static int open_lock(const char *dir, const char *name) {
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (path_printf(path, sizeof path, "%s/%s", dir, name)) return -1;
     return open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 }
 
@@ -271,13 +322,11 @@ static void set_app_environment(const struct image *img, const char *appdir,
     setenv("OWD", owd, 1);
     char portable[PATH_MAX + 16];
     struct stat st;
-    snprintf(portable, sizeof portable, "%s.home", img->path);
-    if (!stat(portable, &st) && S_ISDIR(st.st_mode) && !access(portable, W_OK)) {
+    if (!path_printf(portable, sizeof portable, "%s.home", img->path) && !stat(portable, &st) && S_ISDIR(st.st_mode) && !access(portable, W_OK)) {
         fprintf(stderr, "Setting $HOME to %s\n", portable);
         setenv("HOME", portable, 1);
     }
-    snprintf(portable, sizeof portable, "%s.config", img->path);
-    if (!stat(portable, &st) && S_ISDIR(st.st_mode) && !access(portable, W_OK)) {
+    if (!path_printf(portable, sizeof portable, "%s.config", img->path) && !stat(portable, &st) && S_ISDIR(st.st_mode) && !access(portable, W_OK)) {
         fprintf(stderr, "Setting $XDG_CONFIG_HOME to %s\n", portable);
         setenv("XDG_CONFIG_HOME", portable, 1);
     }
@@ -387,12 +436,6 @@ static const struct fuse_lowlevel_ops ops = {
     .getxattr = op_getxattr, .forget = op_forget, .statfs = op_statfs,
 };
 
-static long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
-}
-
 static int find_fusermount(char *out, size_t cap);
 
 /* 0 when `mnt` was unmounted, -1 if it is busy or the unmount failed. */
@@ -403,7 +446,7 @@ static int unmount_now(const char *mnt) {
     pid_t pid = fork();
     if (pid == 0) {
         int null = open("/dev/null", O_RDWR);
-        dup2(null, 1), dup2(null, 2);
+        if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(1);
         execl(fusermount, fusermount, "-u", "-q", mnt, (char *)NULL);
         _exit(1);
     }
@@ -417,10 +460,10 @@ static void remove_mount_dir(const char *dir) {
     const char *names[] = {"mnt", "users", "lock"};
     char path[PATH_MAX];
     for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        if (i == 0) rmdir(path); else unlink(path);
+        if (path_printf(path, sizeof path, "%s/%s", dir, names[i])) return;
+        if (i == 0) (void)rmdir(path); else (void)unlink(path); /* gone already: fine */
     }
-    rmdir(dir);
+    (void)rmdir(dir); /* a launcher may have recreated a file in it: it stays */
 }
 
 /* Whether the open file `fd` is still the file at dir/name (not unlinked or replaced
@@ -428,96 +471,136 @@ static void remove_mount_dir(const char *dir) {
 static int still_linked(int fd, const char *dir, const char *name) {
     char path[PATH_MAX];
     struct stat opened, named;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    return !fstat(fd, &opened) && !lstat(path, &named) && opened.st_ino == named.st_ino &&
+    return !path_printf(path, sizeof path, "%s/%s", dir, name) && !fstat(fd, &opened) && !lstat(path, &named) && opened.st_ino == named.st_ino &&
            opened.st_dev == named.st_dev;
 }
 
 struct server {
     struct fuse_session *se;
-    const char *dir;
+    const char *dir, *mnt;
     long idle_ms;
-    int loop_done; /* set (atomically) when the FUSE loop has returned */
+    int lock, users;       /* the mount's lock files */
+    pthread_mutex_t mutex; /* held by the watcher while it holds a lock, by the main
+                              thread once the FUSE loop has returned */
+    int loop_done;         /* the FUSE loop has returned */
+    int unmounted;         /* the watcher unmounted and removed the mount's directory */
 };
 
-/* Unmounts once no app has held the users lock for idle_ms. The mount lock is taken
-   first, so no launcher is between "is it mounted?" and taking its users lock. Returns
-   also when the FUSE loop ended without it (the kernel ended the connection: the mount
-   was detached, as when another mount namespace removed its mount point), removing the
-   mount's directory if nobody uses it. */
+static void sleep_ms(long ms) {
+    struct timespec left = {ms / 1000, ms % 1000 * 1000000L};
+    while (nanosleep(&left, &left) && errno == EINTR) continue;
+}
+
+/* Unmounts once no app has held the users lock for idle_ms, without polling: it sleeps
+   in a blocking flock until the last app has left (the kernel wakes it), then once for
+   idle_ms, then checks. Launchers touch the users file as they arrive (join_mount), so
+   an app that came and went during that sleep shows in its mtime, and the wait starts
+   over. The mount lock is taken first, so no launcher is between "is it mounted?" and
+   taking its users lock. */
 static void *watch_users(void *arg) {
     struct server *s = arg;
-    int lock = open_lock(s->dir, "lock"), users = open_lock(s->dir, "users");
-    long idle_since = 0;
-    char mnt[PATH_MAX];
-    snprintf(mnt, sizeof mnt, "%s/mnt", s->dir);
     for (;;) {
-        usleep(20000);
-        if (__atomic_load_n(&s->loop_done, __ATOMIC_ACQUIRE)) {
-            if (!flock(lock, LOCK_EX | LOCK_NB) && !flock(users, LOCK_EX | LOCK_NB))
-                remove_mount_dir(s->dir);
-            return NULL;
+        if (flock(s->users, LOCK_EX)) {
+            if (errno == EINTR) continue;
+            return NULL; /* cannot watch: the mount stays until the kernel ends it */
         }
-        if (flock(lock, LOCK_EX | LOCK_NB)) continue;
-        if (flock(users, LOCK_EX | LOCK_NB)) {
-            idle_since = 0;
-        } else if (!idle_since) {
-            idle_since = now_ms();
-        } else if (now_ms() - idle_since >= s->idle_ms) {
-            /* Not lazy: a process still inside the mount without the users lock (a
-               daemon that closed its fds) makes it busy, and the server keeps serving. */
-            if (unmount_now(mnt) == 0) {
-                fuse_session_exit(s->se); /* the loop's threads get ENODEV and return */
-                /* Nothing stays: a launcher waiting on a lock finds it unlinked once it
-                   gets it, and starts over (join_mount). */
-                remove_mount_dir(s->dir);
-                flock(users, LOCK_UN);
-                flock(lock, LOCK_UN);
-                return NULL;
-            }
-            idle_since = now_ms();
+        struct stat idle_start, now;
+        int stamped = !fstat(s->users, &idle_start);
+        (void)flock(s->users, LOCK_UN); /* launchers must not wait on this lock */
+        sleep_ms(s->idle_ms);
+        pthread_mutex_lock(&s->mutex);
+        int idle = !s->loop_done && stamped && !flock(s->lock, LOCK_EX | LOCK_NB);
+        if (idle && flock(s->users, LOCK_EX | LOCK_NB)) {
+            idle = 0; /* an app is running */
+        } else if (idle && (fstat(s->users, &now) ||
+                            now.st_mtim.tv_sec != idle_start.st_mtim.tv_sec ||
+                            now.st_mtim.tv_nsec != idle_start.st_mtim.tv_nsec)) {
+            idle = 0; /* an app came and went while we slept: wait idle_ms again */
         }
-        flock(users, LOCK_UN);
-        flock(lock, LOCK_UN);
+        /* Not lazy: a process still inside the mount without the users lock (a daemon
+           that closed its fds) makes it busy, and the server keeps serving. */
+        if (idle && unmount_now(s->mnt) == 0) {
+            fuse_session_exit(s->se); /* the loop's threads get ENODEV and return */
+            /* Nothing stays: a launcher waiting on a lock finds it unlinked once it
+               gets it, and starts over (join_mount). */
+            remove_mount_dir(s->dir);
+            s->unmounted = 1;
+        }
+        /* Unlocking cannot fail on a descriptor we hold; closing on exit would do it. */
+        (void)flock(s->users, LOCK_UN);
+        (void)flock(s->lock, LOCK_UN);
+        int done = s->unmounted || s->loop_done;
+        pthread_mutex_unlock(&s->mutex);
+        if (done) return NULL;
     }
+}
+
+/* `value` as one item of a FUSE option list: libfuse and fusermount3 split the list at
+   commas and read a backslash as escaping the next character, so an image path with a
+   comma could otherwise add options (",allow_other"). */
+static int escape_option(const char *value, char *out, size_t cap) {
+    size_t n = 0;
+    for (; *value; value++) {
+        if (n + 3 > cap) return -1;
+        if (*value == ',' || *value == '\\') out[n++] = '\\';
+        out[n++] = *value;
+    }
+    out[n] = '\0';
+    return 0;
+}
+
+/* Tells the launcher why the server cannot serve ("E<message>"), and exits. */
+static void refuse(int ready, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+static void refuse(int ready, const char *fmt, ...) {
+    char msg[PATH_MAX + 64] = "E";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + 1, sizeof msg - 1, fmt, ap);
+    va_end(ap);
+    (void)!write(ready, msg, strlen(msg));
+    _exit(1);
 }
 
 /* The server process: mounts, reports on `ready` ("R" or "E<message>"), serves. */
 static void serve(const struct image *img, const char *dir, const char *mnt, int ready) {
+    struct server s = {.dir = dir, .mnt = mnt, .idle_ms = IDLE_MS_DEFAULT,
+                       .lock = open_lock(dir, "lock"), .users = open_lock(dir, "users"),
+                       .mutex = PTHREAD_MUTEX_INITIALIZER};
+    const char *idle = getenv("APPIMAGE_IDLE_MS");
+    if (idle) s.idle_ms = atol(idle);
+    if (s.lock < 0 || s.users < 0) refuse(ready, "cannot open the locks in %s", dir);
     sqfs_ll *ll = sqfs_ll_open(img->path, img->offset);
-    char msg[PATH_MAX + 64];
-    if (!ll) {
-        snprintf(msg, sizeof msg, "Ecannot open the squashfs in %s", img->path);
-        (void)!write(ready, msg, strlen(msg));
-        _exit(1);
-    }
-    char fsname[PATH_MAX + 32];
-    snprintf(fsname, sizeof fsname, "ro,nodev,nosuid,auto_unmount,fsname=%s,subtype=spack-appimage", img->path);
+    if (!ll) refuse(ready, "cannot open the squashfs in %s", img->path);
+    char fsname[2 * PATH_MAX], options[2 * PATH_MAX + 128];
+    if (escape_option(img->path, fsname, sizeof fsname)) refuse(ready, "image path too long");
     char found[PATH_MAX];
-    if (getuid() == 0 && find_fusermount(found, sizeof found) && access("/usr/bin/fusermount3", X_OK)) {
-        /* root without fusermount3: mount(2) directly; auto_unmount needs fusermount */
-        snprintf(fsname, sizeof fsname, "ro,nodev,nosuid,fsname=%s,subtype=spack-appimage", img->path);
-    }
-    char *argv[] = {(char *)prog, "-o", fsname, NULL};
+    /* root without fusermount3 mounts with mount(2); auto_unmount needs fusermount3 */
+    int auto_unmount = !(getuid() == 0 && find_fusermount(found, sizeof found) &&
+                         access("/usr/bin/fusermount3", X_OK));
+    snprintf(options, sizeof options, "ro,nodev,nosuid,%sfsname=%s,subtype=spack-appimage",
+             auto_unmount ? "auto_unmount," : "", fsname);
+    char *argv[] = {(char *)prog, "-o", options, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, argv);
-    struct fuse_session *se = fuse_session_new(&args, &ops, sizeof ops, ll);
-    if (!se || fuse_session_mount(se, mnt)) {
-        snprintf(msg, sizeof msg, "Ethe FUSE mount of %s failed", mnt);
-        (void)!write(ready, msg, strlen(msg));
-        _exit(1);
+    s.se = fuse_session_new(&args, &ops, sizeof ops, ll);
+    if (!s.se || fuse_session_mount(s.se, mnt)) refuse(ready, "the FUSE mount of %s failed", mnt);
+    pthread_t watcher;
+    int error = pthread_create(&watcher, NULL, watch_users, &s);
+    if (error) {
+        fuse_session_unmount(s.se);
+        refuse(ready, "cannot start the server's watcher: %s", strerror(error));
     }
     (void)!write(ready, "R", 1);
     close(ready);
-    const char *idle = getenv("APPIMAGE_IDLE_MS");
-    struct server s = {se, dir, idle ? atol(idle) : IDLE_MS_DEFAULT, 0};
-    pthread_t watcher;
-    pthread_create(&watcher, NULL, watch_users, &s);
     struct fuse_loop_config config = {.clone_fd = 0, .max_idle_threads = 10};
-    fuse_session_loop_mt(se, &config);
+    fuse_session_loop_mt(s.se, &config);
     /* The loop ends when the watcher unmounted, or when the kernel ended the connection
-       (the mount was detached, or aborted); the watcher then cleans up and returns. */
-    __atomic_store_n(&s.loop_done, 1, __ATOMIC_RELEASE);
-    pthread_join(watcher, NULL);
+       (the mount was detached, or aborted): then the directory goes if nobody uses it.
+       The locks are the watcher's descriptors, so a watcher that holds one does not
+       make them look taken. */
+    pthread_mutex_lock(&s.mutex);
+    s.loop_done = 1;
+    if (!s.unmounted && !flock(s.lock, LOCK_EX | LOCK_NB) && !flock(s.users, LOCK_EX | LOCK_NB))
+        remove_mount_dir(dir);
     _exit(0);
 }
 
@@ -529,8 +612,7 @@ static int find_fusermount(char *out, size_t cap) {
     if (!path) return -1;
     char *copy = strdup(path), *save = NULL;
     for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        snprintf(out, cap, "%s/fusermount3", d);
-        if (!stat(out, &st) && st.st_uid == 0 && (st.st_mode & S_ISUID)) {
+        if (!path_printf(out, cap, "%s/fusermount3", d) && !stat(out, &st) && st.st_uid == 0 && (st.st_mode & S_ISUID)) {
             free(copy);
             return 0;
         }
@@ -552,8 +634,7 @@ static int is_mounted(const char *mnt) {
     struct statfs sf;
     struct stat here, parent;
     char up[PATH_MAX + 4];
-    snprintf(up, sizeof up, "%s/..", mnt);
-    return !statfs(mnt, &sf) && (unsigned)sf.f_type == FUSE_SUPER_MAGIC && !stat(mnt, &here) &&
+    return !path_printf(up, sizeof up, "%s/..", mnt) && !statfs(mnt, &sf) && (unsigned)sf.f_type == FUSE_SUPER_MAGIC && !stat(mnt, &here) &&
            !stat(up, &parent) && here.st_dev != parent.st_dev;
 }
 
@@ -568,6 +649,29 @@ static void clear_dead_mount(const char *mnt) {
         _exit(1);
     }
     if (pid > 0) waitpid(pid, NULL, 0);
+}
+
+/* Closes every descriptor from `low` up but `keep`: with close_range where the kernel
+   has it (Linux 5.9+), else each one /proc/self/fd lists (RHEL 8's 4.18 kernel), else
+   every number below the descriptor limit. */
+static void close_descriptors(int low, int keep) {
+    int below = keep > low ? close_range(low, keep - 1, 0) : 0;
+    if (!below && !close_range(keep >= low ? keep + 1 : low, ~0U, 0)) return;
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            int fd = atoi(e->d_name);
+            if (e->d_name[0] != '.' && fd >= low && fd != keep && fd != dirfd(d)) close(fd);
+        }
+        closedir(d);
+        return;
+    }
+    struct rlimit limit;
+    long max = getrlimit(RLIMIT_NOFILE, &limit) || limit.rlim_cur == RLIM_INFINITY
+                   ? 65536 : (long)limit.rlim_cur;
+    for (int fd = low; fd < max; fd++)
+        if (fd != keep) close(fd);
 }
 
 /* Starts the server in its own session, detached from this process, and waits until
@@ -585,13 +689,15 @@ static int start_server(const struct image *img, const char *dir, const char *mn
         /* Nothing of the caller's stays open in the server: not the launcher's locks,
            not a job's lock or a pipe someone waits on for end-of-file. */
         int ready = pipefd[1];
-        if (ready > 3) close_range(3, ready - 1, 0);
-        close_range(ready + 1, ~0U, 0);
-        setsid();
-        if (fork()) _exit(0);
-        if (chdir("/")) _exit(1);
+        close_descriptors(3, ready);
+        /* A failure here ends the server before "R": the launcher reports it died. */
+        if (setsid() < 0) _exit(1);
+        pid_t server = fork();
+        if (server) _exit(server < 0);
         int null = open("/dev/null", O_RDWR);
-        dup2(null, 0), dup2(null, 1), dup2(null, 2);
+        if (chdir("/") || null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 ||
+            dup2(null, 2) < 0)
+            _exit(1);
         if (null > 2) close(null);
         serve(img, dir, mnt, ready);
     }
@@ -614,32 +720,42 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
     /* One mount per mount namespace: launches in other namespaces (containers,
        unshare -m, job sandboxes) that share this directory cannot see the mount. */
     struct stat ns;
-    if (stat("/proc/self/ns/mnt", &ns) == 0)
-        snprintf(dir, sizeof dir, "%s/%s-%llu", base, img->id, (unsigned long long)ns.st_ino);
-    else
-        snprintf(dir, sizeof dir, "%s/%s", base, img->id);
+    int too_long = stat("/proc/self/ns/mnt", &ns) == 0
+        ? path_printf(dir, sizeof dir, "%s/%s-%llu", base, img->id, (unsigned long long)ns.st_ino)
+        : path_printf(dir, sizeof dir, "%s/%s", base, img->id);
+    if (too_long || path_printf(mnt, cap, "%s/mnt", dir))
+        return snprintf(why, wcap, "the mount point's path in %s is too long", base), -1;
     if (mkdir(dir, 0700) && errno != EEXIST)
         return snprintf(why, wcap, "mkdir %s: %s", dir, strerror(errno)), -1;
-    snprintf(mnt, cap, "%s/mnt", dir);
     int users, lock;
     for (;;) {
         users = open_lock(dir, "users"), lock = open_lock(dir, "lock");
         if (users < 0 || lock < 0)
             return snprintf(why, wcap, "cannot create locks in %s", dir), -1;
-        flock(users, LOCK_SH);
-        flock(lock, LOCK_EX);
+        if (flock(users, LOCK_SH) || flock(lock, LOCK_EX)) {
+            snprintf(why, wcap, "cannot lock %s: %s", dir, strerror(errno));
+            close(users), close(lock);
+            return -1;
+        }
         if (still_linked(users, dir, "users") && still_linked(lock, dir, "lock")) break;
         close(users), close(lock); /* a server removed them while we waited: again */
         if (mkdir(dir, 0700) && errno != EEXIST)
             return snprintf(why, wcap, "mkdir %s: %s", dir, strerror(errno)), -1;
     }
     int rc = 0;
-    if (!is_mounted(mnt)) {
+    if (futimens(users, NULL)) { /* an arrival, for the server's idle timer (watch_users) */
+        snprintf(why, wcap, "cannot mark %s/users: %s", dir, strerror(errno));
+        rc = -1;
+    } else if (!is_mounted(mnt)) {
         struct statfs sf;
         if (statfs(mnt, &sf) && errno == ENOTCONN) clear_dead_mount(mnt);
-        mkdir(mnt, 0700);
-        say("mounting %s at %s", img->path, mnt);
-        rc = start_server(img, dir, mnt, why, wcap);
+        if (mkdir(mnt, 0700) && errno != EEXIST) {
+            snprintf(why, wcap, "mkdir %s: %s", mnt, strerror(errno));
+            rc = -1;
+        } else {
+            say("mounting %s at %s", img->path, mnt);
+            rc = start_server(img, dir, mnt, why, wcap);
+        }
     } else {
         say("joining the mount at %s", mnt);
     }
@@ -648,7 +764,10 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
         close(users);
         return -1;
     }
-    fcntl(users, F_SETFD, 0); /* inherited by the app: its shared lock keeps the mount */
+    if (fcntl(users, F_SETFD, 0)) { /* inherited by the app: its shared lock keeps the mount */
+        close(users);
+        return snprintf(why, wcap, "fcntl: %s", strerror(errno)), -1;
+    }
     return users;
 }
 
@@ -674,7 +793,10 @@ static int write_file(sqfs *fs, sqfs_inode *inode, int dirfd, const char *name, 
         close(fd);
         return -1;
     }
-    fchmod(fd, mode);
+    if (fchmod(fd, mode)) {
+        close(fd);
+        return -1;
+    }
     return close(fd);
 }
 
@@ -684,10 +806,14 @@ static int write_file(sqfs *fs, sqfs_inode *inode, int dirfd, const char *name, 
    component. */
 static int open_parent(int rootfd, char *path, const char **leaf) {
     int dirfd = dup(rootfd);
+    if (dirfd < 0) return -1;
     char *save = NULL, *part = strtok_r(path, "/", &save), *next;
     for (; part && (next = strtok_r(NULL, "/", &save)); part = next) {
         if (!strcmp(part, ".") || !strcmp(part, "..")) break;
-        mkdirat(dirfd, part, 0755);
+        if (mkdirat(dirfd, part, 0755) && errno != EEXIST) {
+            close(dirfd);
+            return -1;
+        }
         int sub = openat(dirfd, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         close(dirfd);
         if (sub < 0) return -1;
@@ -708,18 +834,21 @@ static int extract_entry(sqfs *fs, sqfs_inode *inode, int dirfd, const char *nam
         if (mkdirat(dirfd, name, 0700) && errno != EEXIST) return -1;
         int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) return -1;
-        fchmod(fd, mode | 0700);
+        if (fchmod(fd, mode | 0700)) {
+            close(fd);
+            return -1;
+        }
         return close(fd);
     }
     if (S_ISREG(inode->base.mode)) {
-        unlinkat(dirfd, name, 0);
+        if (unlinkat(dirfd, name, 0) && errno != ENOENT) return -1;
         return write_file(fs, inode, dirfd, name, mode);
     }
     if (S_ISLNK(inode->base.mode)) {
         char target[PATH_MAX];
         size_t size = sizeof target;
         if (sqfs_readlink(fs, inode, target, &size)) return -1;
-        unlinkat(dirfd, name, 0);
+        if (unlinkat(dirfd, name, 0) && errno != ENOENT) return -1;
         return symlinkat(target, dirfd, name);
     }
     return 0; /* devices and fifos are not extracted */
@@ -756,10 +885,10 @@ static int extract(const struct image *img, const char *root, const char *patter
         if (trv.dir_end) continue;
         if (pattern && fnmatch(pattern, trv.path, FNM_PATHNAME | FNM_LEADING_DIR)) continue;
         char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s", trv.path);
         const char *leaf;
         sqfs_inode inode;
-        int dirfd = open_parent(rootfd, path, &leaf);
+        int dirfd = path_printf(path, sizeof path, "%s", trv.path) ? -1
+                    : open_parent(rootfd, path, &leaf);
         if (dirfd < 0 || sqfs_inode_get(&fs, &inode, sqfs_dentry_inode(&trv.entry)) ||
             extract_entry(&fs, &inode, dirfd, leaf)) {
             fprintf(stderr, "%s: cannot extract %s into %s: %s\n", prog, trv.path, root,
@@ -795,8 +924,7 @@ static void remove_stale(const char *dir) {
     char path[PATH_MAX * 2];
     while (d && (e = readdir(d))) {
         if (strncmp(e->d_name, "tmp.", 4) && strcmp(e->d_name, "root.old")) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        remove_tree(path);
+        if (!path_printf(path, sizeof path, "%s/%s", dir, e->d_name)) (void)remove_tree(path);
     }
     if (d) closedir(d);
 }
@@ -808,24 +936,24 @@ static int join_extraction(const struct image *img, char *root, size_t cap, char
     if (pick_base(1, img->unpacked, base, sizeof base))
         die("no directory allows extraction (exec allowed, %llu bytes free, private): "
             "set TMPDIR to a node-local directory", img->unpacked);
-    snprintf(dir, dcap, "%s/%s", base, img->id);
+    if (path_printf(dir, dcap, "%s/%s", base, img->id) || path_printf(root, cap, "%s/root", dir))
+        die("the extraction's path in %s is too long: set TMPDIR to a shorter directory", base);
     if (mkdir(dir, 0700) && errno != EEXIST) die("mkdir %s: %s", dir, strerror(errno));
-    snprintf(root, cap, "%s/root", dir);
     int lock = open_lock(dir, "lock"), users = open_lock(dir, "users");
     if (lock < 0 || users < 0) die("cannot create locks in %s", dir);
-    flock(lock, LOCK_EX);
+    if (flock(lock, LOCK_EX)) die("cannot lock %s: %s", dir, strerror(errno));
     remove_stale(dir);
     if (access(root, F_OK)) {
         char tmp[PATH_MAX];
-        snprintf(tmp, sizeof tmp, "%s/tmp.XXXXXX", dir);
-        if (!mkdtemp(tmp)) die("mkdtemp %s: %s", tmp, strerror(errno));
+        if (path_printf(tmp, sizeof tmp, "%s/tmp.XXXXXX", dir) || !mkdtemp(tmp))
+            die("cannot make a directory in %s: %s", dir, strerror(errno));
         say("extracting %s to %s", img->path, root);
         if (extract(img, tmp, NULL) || rename(tmp, root)) {
             remove_tree(tmp);
             die("cannot extract %s into %s", img->path, dir);
         }
     }
-    flock(users, LOCK_SH);
+    if (flock(users, LOCK_SH)) die("cannot lock %s: %s", dir, strerror(errno));
     close(lock);
     return users;
 }
@@ -836,15 +964,15 @@ static void leave_extraction(const char *dir, const char *root, int users) {
     if (getenv("NO_CLEANUP")) return;
     int lock = open_lock(dir, "lock");
     users = open_lock(dir, "users");
-    flock(lock, LOCK_EX);
-    if (!flock(users, LOCK_EX | LOCK_NB)) {
+    /* Without the lock the tree stays, for the next run to reuse or remove. */
+    if (lock >= 0 && users >= 0 && !flock(lock, LOCK_EX) && !flock(users, LOCK_EX | LOCK_NB)) {
         remove_stale(dir);
         char doomed[PATH_MAX + 16];
-        snprintf(doomed, sizeof doomed, "%s.old", root);
-        if (!rename(root, doomed)) remove_tree(doomed);
+        if (!path_printf(doomed, sizeof doomed, "%s.old", root) && !rename(root, doomed))
+            (void)remove_tree(doomed); /* what is left is removed by the next remove_stale */
     }
-    close(users);
-    close(lock);
+    if (users >= 0) close(users);
+    if (lock >= 0) close(lock);
 }
 
 static volatile pid_t child;
@@ -859,7 +987,7 @@ static void forward(int sig, siginfo_t *info, void *context) {
 static int run_extracted(const struct image *img, char **argv, const char *owd) {
     char root[PATH_MAX], dir[PATH_MAX], apprun[PATH_MAX + 8];
     int users = join_extraction(img, root, sizeof root, dir, sizeof dir);
-    snprintf(apprun, sizeof apprun, "%s/AppRun", root);
+    if (path_printf(apprun, sizeof apprun, "%s/AppRun", root)) die("%s/AppRun: path too long", root);
     const char *argv0 = argv[0];
     set_app_environment(img, root, argv0, owd);
     int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
@@ -881,7 +1009,8 @@ static int run_extracted(const struct image *img, char **argv, const char *owd) 
         struct sigaction dfl = {.sa_handler = SIG_DFL};
         for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &dfl, NULL);
         sigprocmask(SIG_SETMASK, &previous, NULL);
-        fcntl(users, F_SETFD, 0); /* the app and its children keep the tree in use */
+        /* the app and its children keep the tree in use */
+        if (fcntl(users, F_SETFD, 0)) _exit(EXIT_RUNTIME);
         execv(apprun, argv);
         fprintf(stderr, "%s: cannot run %s: %s\n", prog, apprun, strerror(errno));
         _exit(EXIT_RUNTIME);
@@ -974,8 +1103,8 @@ static int doctor(const struct image *img) {
 
 static int portable(const struct image *img, const char *suffix) {
     char path[PATH_MAX + 16];
-    snprintf(path, sizeof path, "%s.%s", img->path, suffix);
-    if (mkdir(path, 0700) && errno != EEXIST)
+    if (path_printf(path, sizeof path, "%s.%s", img->path, suffix) ||
+        (mkdir(path, 0700) && errno != EEXIST))
         fprintf(stderr, "Error creating portable %s directory %s: %s\n", suffix, path, strerror(errno));
     else
         fprintf(stderr, "Portable %s directory created at %s\n", suffix, path);
@@ -1051,7 +1180,7 @@ int main(int argc, char **argv) {
         return run_extracted(&img, argv, owd);
     }
     char apprun[PATH_MAX + 8];
-    snprintf(apprun, sizeof apprun, "%s/AppRun", mnt);
+    if (path_printf(apprun, sizeof apprun, "%s/AppRun", mnt)) die("%s/AppRun: path too long", mnt);
     set_app_environment(&img, mnt, argv[0], owd);
     execv(apprun, argv);
     die("cannot run %s: %s", apprun, strerror(errno));
