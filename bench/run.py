@@ -45,6 +45,7 @@ from spack.extensions.appimage import (  # noqa: E402
     apprun, assemble, closure, desktop, elf, entries, manifest, policy, relocate, runtime,
     squashfs, stage,
 )
+from spack.extensions.appimage.layout import Layout  # noqa: E402
 
 TEST_REPO = os.path.join(ROOT, "tests", "repo", "spack_repo", "appimage_test")
 
@@ -59,7 +60,7 @@ def timed(into, name):
 def pipeline(store, program, work, compression="zstd"):
     """Every stage but the Spack ones on the generated store; seconds per stage."""
     seconds = {}
-    layout = stage.Layout.of_prefixes(tree.prefixes(store))
+    layout = Layout.of_prefixes(tree.prefixes(store))
     with timed(seconds, "closure"):
         found = closure.resolve([program], policy.DEFAULT_POLICY)
     entry = entries.Entry(os.path.basename(program), None, program)
@@ -72,7 +73,8 @@ def pipeline(store, program, work, compression="zstd"):
         with timed(seconds, "relocate"):
             relocate.relocate(appdir, relocate.rpaths_for(found, layout))
         with timed(seconds, "apprun"):
-            apprun.install(appdir, [entry], layout, found, policy.DEFAULT_POLICY, None)
+            apprun.install(appdir, [entry], [apprun.EntryPoint.of(entry, layout)], found,
+                           policy.DEFAULT_POLICY, None)
             desktop.write(appdir, "tree", [entry.name], None)
         with timed(seconds, "audit"):
             relocate.audit(appdir, policy.DEFAULT_POLICY.patterns, [store])

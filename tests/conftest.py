@@ -384,11 +384,17 @@ def mounts_of(image):
         return [line for line in f if image in line]
 
 
-def wait_unmounted(image, seconds=10):
+def _gone(what, image, seconds):
+    """Whether ``what(image)`` becomes empty within ``seconds`` (a server outlives its
+    last user by its idle time, then unmounts and cleans up asynchronously)."""
     deadline = time.time() + seconds
-    while mounts_of(image) and time.time() < deadline:
+    while what(image) and time.time() < deadline:
         time.sleep(0.1)
-    return not mounts_of(image)
+    return not what(image)
+
+
+def wait_unmounted(image, seconds=10):
+    return _gone(mounts_of, image, seconds)
 
 
 def servers_of(image):
@@ -397,10 +403,7 @@ def servers_of(image):
 
 
 def wait_no_server(image, seconds=10):
-    deadline = time.time() + seconds
-    while servers_of(image) and time.time() < deadline:
-        time.sleep(0.1)
-    return not servers_of(image)
+    return _gone(servers_of, image, seconds)
 
 
 def leftovers(image):
@@ -417,10 +420,7 @@ def leftovers(image):
 
 
 def wait_nothing_left(image, seconds=10):
-    deadline = time.time() + seconds
-    while leftovers(image) and time.time() < deadline:
-        time.sleep(0.1)
-    return not leftovers(image)
+    return _gone(leftovers, image, seconds)
 
 
 def _free_port() -> int:

@@ -57,7 +57,10 @@ def test_rpath_is_inherited_by_libraries_without_their_own(tree):
              f"-Wl,-rpath,{tree / 'a'}:{tree / 'b'}", "-Wl,--disable-new-dtags")
     result = resolve(tree, exe)
     assert found(result, tree / "a" / "liba.so", "libb.so") == str(tree / "b" / "libb.so")
-    assert result.links[os.path.realpath(exe)]["liba.so"].found_via.startswith("RPATH of")
+    assert result.links[os.path.realpath(exe)]["liba.so"].found_via == \
+        closure.Found("rpath", str(tree / "a"), "main")
+    assert result.links[str(tree / "a" / "liba.so")]["libb.so"].found_via == \
+        closure.Found("rpath", str(tree / "b"), "main")  # main's RPATH, inherited
     assert run(exe) == "b"
 
 
@@ -156,7 +159,8 @@ def test_system_directories_come_last_and_nodeflib_skips_them(tree):
              f"-Wl,-rpath-link,{tree / 'sys'}")
     result = resolve(tree, exe)
     link = result.links[str(tree / "a" / "liba.so")]["libb.so"]
-    assert (link.load_path, link.found_via) == (str(tree / "sys" / "libb.so"), f"system directory {tree / 'sys'}")
+    assert (link.load_path, link.found_via) == (str(tree / "sys" / "libb.so"),
+                                                closure.Found("system", str(tree / "sys")))
 
     # DF_1_NODEFLIB on the requesting object: libb is not looked for in the system
     # directories. GNU ld ignores -z nodeflib on x86_64, so the flag is set in place.

@@ -9,6 +9,7 @@ import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,41 @@ def test_target_appimage_runs_another_image(image, our_runtime, tmp_path):
                             env=dict(os.environ, TARGET_APPIMAGE=image))
     assert result.returncode == 3
     assert fields(result.stdout)["APPIMAGE"] == image
+
+
+def elf32_with_section(name: bytes, content: bytes) -> bytes:
+    """A minimal 32-bit ELF file (i386) whose section header table, last in the file,
+    lists ``.shstrtab`` and a section ``name`` holding ``content``."""
+    names = b"\0.shstrtab\0" + name + b"\0"
+    data_at = 52 + len(names)
+    shoff = data_at + len(content)
+    header = b"\x7fELF\x01\x01\x01" + bytes(9) + struct.pack(
+        "<HHIIIIIHHHHHH", 2, 3, 1, 0, 0, shoff, 0, 52, 0, 0, 40, 3, 1)
+    sections = bytes(40) + struct.pack("<10I", 1, 3, 0, 0, 52, len(names), 0, 0, 1, 0) + \
+        struct.pack("<10I", 11, 1, 0, 0, data_at, len(content), 0, 0, 1, 0)
+    return header + names + content + sections
+
+
+def test_a_32_bit_image_is_read_as_such(our_runtime, image, tmp_path):
+    """Other tools make i386 AppImages; TARGET_APPIMAGE may name one: its ELF end and
+    sections are read with 32-bit headers."""
+    with open(image, "rb") as f:
+        f.seek(int(run(image, "--appimage-offset").stdout))
+        squashfs_image = f.read()
+    runtime32 = elf32_with_section(b".upd_info", b"zsync|https://example.invalid/x.zsync\0")
+    other = tmp_path / "i386.AppImage"
+    other.write_bytes(runtime32 + squashfs_image)
+    env = dict(os.environ, TARGET_APPIMAGE=str(other))
+    offset = subprocess.run([our_runtime, "--appimage-offset"], capture_output=True,
+                            text=True, env=env)
+    assert offset.stdout == f"{len(runtime32)}\n", offset.stderr
+    info = subprocess.run([our_runtime, "--appimage-updateinformation"], capture_output=True,
+                          text=True, env=env)
+    assert info.stdout == "zsync|https://example.invalid/x.zsync\n", info.stderr
+    extracted = subprocess.run([our_runtime, "--appimage-extract", "data/*"], cwd=tmp_path,
+                               capture_output=True, text=True, env=env)
+    assert extracted.returncode == 0, extracted.stderr
+    assert (tmp_path / "squashfs-root" / "data" / "x.txt").read_text() == "x\n"
 
 
 @pytest.mark.parametrize("mode", MODES)

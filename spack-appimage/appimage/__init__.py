@@ -3,11 +3,14 @@
 The pipeline runs one stage per module, each taking and returning plain data:
 
     entries   which programs (or scripts) of the environment the image runs
+    elf       what the loader needs of each ELF file, with one error rule
     closure   which shared libraries they load, resolved the way glibc's ld.so does
     policy    which of those stay on the host (glibc family, GPU drivers, externals)
-    extras    what the closure cannot see: --include files and plugin rules
+    extras    what the closure cannot see (--include files, plugin rules), and the
+              closure run with them until nothing new comes in
     interpreters  the library trees of bundled interpreters and their extensions
-    stage     an AppDir with one directory per spec, holding only what is needed
+    layout    where each host file goes in the AppDir: one directory per spec
+    stage     the AppDir, holding only what is needed
     runenv    the run environment `spack load` would set, rewritten into the image
     leaks     staged files that still name the store
     bytecode  Python bytecode made valid in the image (hash-based .pyc)
@@ -21,8 +24,13 @@ The pipeline runs one stage per module, each taking and returning plain data:
 ``runtime`` and ``toolchain`` build the C programs (runtime, AppRun) and cache them;
 ``settings`` reads ``config:appimage``; ``compat`` names the Spack APIs that moved
 between the releases the extension supports (0.23 to 1.x); ``build`` runs the stages in
-order; ``report`` shows a dry run; ``cmd/appimage.py`` only parses arguments.
+order; ``report`` shows a dry run; ``cmd/appimage.py`` parses arguments (and installs the
+environment with ``--install``).
 """
 
-#: The extension's version (also in pyproject.toml), recorded in every manifest.
-__version__ = "0.1.0"
+import os
+
+#: The extension's version, recorded in every manifest; the file is also what pip's
+#: metadata reads (pyproject.toml).
+with open(os.path.join(os.path.dirname(__file__), "VERSION")) as _file:
+    __version__ = _file.read().strip()

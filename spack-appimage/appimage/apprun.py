@@ -70,15 +70,14 @@ def write_table(
         f.write("\n".join(lines) + "\n")
 
 
-def install(appdir: str, entries: Sequence, layout, libraries, policy, default: Optional[str],
+def install(appdir: str, entries: Sequence, points: Sequence[EntryPoint], libraries, policy,
+            default: Optional[str],
             run_environment: Sequence[Tuple[str, str, str, str]] = ()):
     """AppRun and its table in ``appdir``: the entries, the bin directories put first in
     PATH, the glibc the bundled files need, each entry's host libraries (minus the
     glibc family, which every host has), and the bundled specs' run environment."""
-    from .elf import glibc_requirement
     from .policy import loader_dirs
 
-    points = [EntryPoint.of(e, layout) for e in entries]
     bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
     host_libs = [
         (entry.name, name, why)
@@ -87,7 +86,7 @@ def install(appdir: str, entries: Sequence, layout, libraries, policy, default: 
             libraries.host_requirements(os.path.realpath(entry.program)).items())
         if not policy.always_there(name)
     ]
-    write_table(appdir, points, default, bin_dirs, glibc_requirement(libraries.objects.values()),
+    write_table(appdir, points, default, bin_dirs, libraries.glibc_requirement(),
                 host_libs, run_environment, loader_dirs(platform.machine()))
     target = os.path.join(appdir, "AppRun")
     shutil.copyfile(build(), target)

@@ -7,7 +7,6 @@ runs before any file is copied, so a doomed build fails in seconds.
 """
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from . import runtime, squashfs, stage
 from .compat import tty
 from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError, temporary
 from . import policy as host_policy
+from .layout import Layout, owner_of_dest
 
 
 @dataclass
@@ -34,7 +34,6 @@ class Options:
     force: bool = False
     compression: str = "zstd"
     jobs: Optional[int] = None
-    install: bool = False
     keep_appdir: Optional[str] = None
     dry_run: bool = False
     include: Sequence[str] = ()
@@ -73,6 +72,23 @@ class Result:
     started: float = 0.0
 
 
+#: The stages of a build, in order, with what their progress lines say (``{...}`` filled
+#: when the stage starts); ``[i/N]`` counts them. A dry run has its own, shorter list.
+STAGES = {
+    "closure": "closure: resolving shared libraries",
+    "plan": "plan: what the AppDir holds",
+    "stage": "stage: copying {files} files",
+    "relocate": "relocate: $ORIGIN-relative RPATHs",
+    "apprun": "apprun: dispatcher, entry table, desktop file",
+    "audit": "audit: every RPATH and NEEDED inside the AppDir",
+    "manifest": "manifest: provenance and file hashes",
+    "squashfs": "squashfs: {compression}",
+    "assemble": "assemble: runtime + squashfs",
+}
+DRY_RUN_STAGES = {"closure": STAGES["closure"], "plan": STAGES["plan"],
+                  "report": "dry run: nothing written"}
+
+
 class _Progress:
     """``==> [i/N] stage`` lines, as ``spack install`` prints them, with timings.
 
@@ -82,18 +98,19 @@ class _Progress:
     ``quiet`` keeps stdout for a machine-readable report. ``checkpoint`` runs before and
     after each stage, so an interrupt that was swallowed stops the build there."""
 
-    def __init__(self, total: int, checkpoint: Callable[[], None], quiet: bool = False):
-        self.total, self.done, self.timings, self.quiet = total, 0, {}, quiet
+    def __init__(self, stages: Dict[str, str], checkpoint: Callable[[], None],
+                 quiet: bool = False):
+        self.stages, self.done, self.timings, self.quiet = stages, 0, {}, quiet
         self.checkpoint = checkpoint
         #: messages go to a terminal: lines are redrawn, mksquashfs draws its bar
         self.terminal = sys.stdout.isatty() and tty.msg_enabled() and not quiet
         self.redraw = self.terminal and not tty.is_debug()
 
     @contextlib.contextmanager
-    def stage(self, name: str, what: str, draws: bool = False) -> Iterator[None]:
+    def stage(self, name: str, draws: bool = False, **fields) -> Iterator[None]:
         self.checkpoint()
         self.done += 1
-        line = f"[{self.done}/{self.total}] {what}"
+        line = f"[{self.done}/{len(self.stages)}] {self.stages[name].format(**fields)}"
         redraw = self.redraw and not draws
         if not self.quiet:
             tty.msg(line + (" ..." if redraw else ""), newline=not redraw)
@@ -116,8 +133,8 @@ class _Interrupts:
     at once so that every ``finally`` cleans up (temp dir, partial output), and raised
     again at the next stage boundary (:meth:`check`) when the first was swallowed:
     Python drops an exception raised while a ``__del__`` runs, and ``except Exception``
-    blocks catch :class:`Interrupted` (seen in CI: a SIGTERM in stage 5 and a build that
-    then succeeded)."""
+    blocks catch :class:`Interrupted`, so without the second raise a build could go on
+    to succeed after a SIGTERM."""
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -162,64 +179,6 @@ def _appdir(keep: Optional[str], size: int) -> Iterator[str]:
         yield path
 
 
-def _closure(found, nodes, layout, policy, include, rules, left_out):
-    """The closure of the entries, then of the included files, of the plugins that rules
-    add for the specs bundled so far, and of the shared objects of bundled interpreters
-    and their extensions, until nothing new comes in. Returns it with every included
-    file, the interpreted stacks (spec -> interpreter) and ``rules`` with what those
-    interpreters never need."""
-    resolver = closure.Resolver(policy)
-    for entry in found:
-        resolver.add_executable(entry.program)
-    included = extras.requested(include, nodes)
-    seen = set()
-    while True:
-        for item in included:
-            if item.path not in seen:
-                seen.add(item.path)
-                parsed = resolver.parse(os.path.realpath(item.path))
-                if parsed is not None and parsed.shared:
-                    resolver.add_library(item.path)
-                elif parsed is not None and parsed.interpreter:  # a program it execs
-                    resolver.add_executable(item.path)
-        bundled = {layout.owner(p).spec for p in resolver.closure.objects} - {None}
-        stacks = interpreters.stacks(bundled, nodes, left_out)
-        active = rules.with_never_needed(interpreters.never_needed_in(stacks))
-        new = [i for i in extras.by_rule(bundled, stacks)
-               if i.path not in seen and not active.leaves_out(i.path, i.spec.prefix)]
-        if not new:
-            interpreters.check(stacks, {i.spec for i in included})
-            return resolver.closure, included, stacks, active
-        included += new
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send what is written to stdout (Spack's install messages, build tools run by it)
-    to stderr, so that stdout holds only the JSON report."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def install_environment(env) -> None:
-    """Concretize and install what is missing, as `spack install` in an environment does."""
-    with env.write_transaction():
-        concretized = env.concretize()
-        if concretized:
-            tty.msg(f"Concretized {len(concretized)} specs")
-        env.write(regenerate=False)
-    env.install_all()
-    with env.write_transaction():
-        env.write(regenerate=True)
-
-
 def _check_default(options: Options, found: List[entries.Entry]) -> None:
     names = [e.name for e in found]
     if options.default_entry and options.default_entry not in names:
@@ -235,9 +194,6 @@ def run(env, options: Options) -> Result:
 
     started = time.perf_counter()
     with _Interrupts().installed() as interrupts:
-        if options.install:
-            with _stdout_to_stderr() if options.json else contextlib.nullcontext():
-                install_environment(env)
         nodes = entries.link_run_nodes(env)
         found = entries.find_all(options.entries, nodes)
         _check_default(options, found)
@@ -264,20 +220,22 @@ def run(env, options: Options) -> Result:
         policy = host_policy.for_environment(
             nodes, options.host_libs, options.bundle_libs, options.bundle_externals
         )
-        layout = stage.Layout(nodes)
-        progress = _Progress(3 if options.dry_run else 9, interrupts.check, quiet=options.json)
+        layout = Layout(nodes)
+        progress = _Progress(DRY_RUN_STAGES if options.dry_run else STAGES, interrupts.check,
+                             quiet=options.json)
         rules = stage.DataRules(tuple(options.exclude), tuple(options.keep))
-        with progress.stage("closure", "closure: resolving shared libraries"):
-            libraries, included, stacks, rules = _closure(
+        with progress.stage("closure"):
+            libraries, included, stacks, rules = extras.resolve(
                 found, nodes, layout, policy, options.include, rules, options.exclude_specs)
-        with progress.stage("plan", "plan: what the AppDir holds"):
+        with progress.stage("plan"):
             plan = stage.plan(found, libraries, layout, [i.path for i in included], rules,
                               {s: interpreters.trees(s, i) for s, i in stacks.items()})
+            points = [apprun.EntryPoint.of(e, layout) for e in found]
+            bundled = layout.specs_owning(plan.files.values())
             run_environment = runenv.compute(
                 [e.spec for e in found] + list(stacks), layout, plan.files,
-                spack.store.STORE.root,
-                extras.relocating_variables(_bundled_specs(plan, layout)))
-            store_paths = leaks.find(plan.files, stage.owner_of_dest, spack.store.STORE.root)
+                spack.store.STORE.root, extras.relocating_variables(bundled))
+            store_paths = leaks.find(plan.files, owner_of_dest, spack.store.STORE.root)
         result = Result(None, found, libraries, plan, progress.timings, included,
                         started=started, stacks=stacks, run_environment=run_environment,
                         store_paths=store_paths)
@@ -290,36 +248,39 @@ def run(env, options: Options) -> Result:
                     tty.warn(f"{len(paths)} files of {label} name the store; programs reading "
                              "them may fail on other machines (--dry-run lists them)")
         if options.dry_run:
-            with progress.stage("report", "dry run: nothing written", draws=True):
+            with progress.stage("report", draws=True):
                 data = report.collect(result, layout, policy.always_there)
                 print(report.as_json(data) if options.json else report.text(data))
             if options.sbom:
-                _write_sbom(options, _manifest(result, layout, options, None))
+                _write_sbom(options, manifest.of_build(None, found, points, bundled, libraries,
+                                                       options.command, run_environment))
             return result
 
         # The AppDir lives inside the output's transaction: it is gone before the image
         # takes its name, so no interrupt can strike between the two.
         with assemble.output_file(options.output, options.force) as partial:
             with _appdir(options.keep_appdir, plan.size()) as appdir:
-                with progress.stage("stage", f"stage: copying {len(plan.files)} files"):
+                with progress.stage("stage", files=len(plan.files)):
                     stage.materialize(plan, appdir)
                     bytecode.make_valid(appdir, bytecode.python_sources(
                         plan.files, interpreters.python_executables(stacks)))
-                with progress.stage("relocate", "relocate: $ORIGIN-relative RPATHs"):
+                with progress.stage("relocate"):
                     relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
-                with progress.stage("apprun", "apprun: dispatcher, entry table, desktop file"):
-                    apprun.install(appdir, found, layout, libraries, policy,
+                with progress.stage("apprun"):
+                    apprun.install(appdir, found, points, libraries, policy,
                                    options.default_entry, run_environment.changes)
                     desktop.write(appdir, options.output, [e.name for e in found],
                                   options.default_entry)
-                with progress.stage("audit", "audit: every RPATH and NEEDED inside the AppDir"):
+                with progress.stage("audit"):
                     host = list(policy.patterns) + list(libraries.host_requirements())
                     relocate.audit(appdir, host, [spack.store.STORE.root])
-                with progress.stage("manifest", "manifest: provenance and file hashes"):
-                    result.manifest = _manifest(result, layout, options, appdir)
+                with progress.stage("manifest"):
+                    result.manifest = manifest.of_build(appdir, found, points, bundled,
+                                                        libraries, options.command,
+                                                        run_environment)
                     unpacked = manifest.write(appdir, result.manifest)
-                with progress.stage("squashfs", f"squashfs: {options.compression}",
-                                    draws=progress.terminal):
+                with progress.stage("squashfs", draws=progress.terminal,
+                                    compression=options.compression):
                     squashfs.make(
                         mksquashfs, appdir, partial,
                         offset=os.path.getsize(runtime_file),
@@ -327,7 +288,7 @@ def run(env, options: Options) -> Result:
                         jobs=options.jobs,
                         progress=progress.terminal,
                     )
-                with progress.stage("assemble", "assemble: runtime + squashfs"):
+                with progress.stage("assemble"):
                     assemble.write_runtime(runtime_file, partial)
                     assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION,
                                             unpacked)
@@ -335,47 +296,6 @@ def run(env, options: Options) -> Result:
                 _write_sbom(options, result.manifest)
         result.output = os.path.abspath(options.output)
         return result
-
-
-def _manifest(result: Result, layout, options: Options, appdir: Optional[str]) -> dict:
-    """The manifest of the build; without file records when nothing was staged."""
-    import spack.traverse
-    from .elf import glibc_requirement
-
-    points = [apprun.EntryPoint.of(e, layout) for e in result.entries]
-    bundled = sorted(_bundled_specs(result.plan, layout), key=lambda s: s.dag_hash())
-    externals = [
-        spec for spec in spack.traverse.traverse_nodes(
-            [e.spec for e in result.entries], deptype=("link", "run"))
-        if spec.external and spec not in bundled
-    ]
-    return manifest.build(
-        appdir,
-        points,
-        [e.spec for e in result.entries],
-        bundled,
-        sorted(externals, key=lambda s: s.dag_hash()),
-        result.closure.host_requirements(),
-        glibc_requirement(result.closure.objects.values()),
-        list(options.command),
-        result.run_environment.as_records(),
-    )
-
-
-def _bundled_specs(plan: stage.Plan, layout) -> list:
-    """The specs with a file in the image, externals bundled by policy included."""
-    owners = {layout.owner(src) for src in plan.files.values()}
-    return [o.spec for o in owners if o.spec is not None]
-
-
-def _write_sbom(options: Options, image_manifest: dict) -> None:
-    sbom = manifest.cyclonedx(image_manifest, os.path.basename(options.output))
-    with assemble.output_file(options.sbom, options.force, executable=False) as partial:
-        with open(partial, "w") as f:
-            json.dump(sbom, f, indent=2)
-            f.write("\n")
-    if not options.json:  # stdout holds the JSON report
-        tty.msg(f"SBOM (CycloneDX 1.5): {os.path.abspath(options.sbom)}")
 
 
 def describe(result: Result) -> str:
@@ -387,3 +307,9 @@ def describe(result: Result) -> str:
         f"{len(result.plan.files)} files in {time.perf_counter() - result.started:.1f}s"
     )
 
+
+def _write_sbom(options: Options, image_manifest: dict) -> None:
+    path = manifest.write_sbom(options.sbom, options.force, image_manifest,
+                               os.path.basename(options.output))
+    if not options.json:  # stdout holds the JSON report
+        tty.msg(f"SBOM (CycloneDX 1.5): {path}")

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .elf import ElfObject, read_elf
+from .elf import ElfObject, glibc_requirement, read_elf
 from .errors import ClosureError, unreadable
 from .policy import HostPolicy
 
@@ -82,6 +82,20 @@ def _python_interpreter() -> Optional[str]:
 
 
 @dataclass(frozen=True)
+class Found:
+    """How a NEEDED entry was resolved, in libtree's terms: ``kind`` is ``rpath`` or
+    ``runpath`` (of ``object``, in ``directory``), ``system`` (an ld.so.conf or built-in
+    directory), ``path`` (a NEEDED with a slash), ``loaded`` (already in the process
+    under another name) or ``host`` (the policy keeps it on the host, for ``reason``).
+    Reports render it (:mod:`report`)."""
+
+    kind: str
+    directory: Optional[str] = None
+    object: Optional[str] = None
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Link:
     """One DT_NEEDED entry of one object, resolved."""
 
@@ -92,8 +106,8 @@ class Link:
     real_path: Optional[str]
     #: Why the host provides it; None when it is bundled.
     host_reason: Optional[str]
-    #: The RPATH, RUNPATH or system directory it was found in, for reports.
-    found_via: str
+    #: How it was found.
+    found_via: Found
 
 
 @dataclass
@@ -107,6 +121,25 @@ class Closure:
     links: Dict[str, Dict[str, Link]] = field(default_factory=dict)
     #: real path -> the paths the loader opened it through (symlinks, SONAME links)
     load_paths: Dict[str, List[str]] = field(default_factory=dict)
+
+    def paths(self) -> List[str]:
+        """Real paths of every object: the entries and the libraries they load."""
+        return list(self.objects)
+
+    def has(self, real_path: str) -> bool:
+        return real_path in self.objects
+
+    def links_of(self, real_path: str) -> List[Link]:
+        """The resolved NEEDED entries of the object at ``real_path``, in its order."""
+        return list(self.links.get(real_path, {}).values())
+
+    def load_paths_of(self, real_path: str) -> List[str]:
+        """The paths the loader opens the object at ``real_path`` through."""
+        return self.load_paths.get(real_path, [])
+
+    def glibc_requirement(self) -> Optional[str]:
+        """The oldest host glibc every object can run on (:func:`elf.glibc_requirement`)."""
+        return glibc_requirement(self.objects.values())
 
     def libraries(self) -> List[str]:
         """Real paths of the libraries (the objects that are not entries)."""
@@ -215,37 +248,38 @@ class Resolver:
         values = {"ORIGIN": origin, "LIB": self.search.lib, "PLATFORM": self.search.platform}
         return _TOKEN.sub(lambda m: values[m.group(1) or m.group(2)], value)
 
-    def _candidates(self, current: _Loaded, root: _Loaded) -> Iterable[Tuple[str, str]]:
+    def _candidates(self, current: _Loaded, root: _Loaded) -> Iterable[Tuple[str, Found]]:
         """(directory, how it was found) in the loader's order for ``current``'s NEEDED."""
         if current.runpath_dirs is None:
             chain, seen_root = current, False
             while chain is not None:
                 seen_root |= chain is root
                 for d in chain.rpath_dirs:
-                    yield d, f"RPATH of {os.path.basename(chain.real_path)}: {d}"
+                    yield d, Found("rpath", d, os.path.basename(chain.real_path))
                 chain = chain.loader
             if not seen_root:
                 for d in root.rpath_dirs:
-                    yield d, f"RPATH of {os.path.basename(root.real_path)}: {d}"
+                    yield d, Found("rpath", d, os.path.basename(root.real_path))
         else:
             for d in current.runpath_dirs:
-                yield d, f"RUNPATH of {os.path.basename(current.real_path)}: {d}"
+                yield d, Found("runpath", d, os.path.basename(current.real_path))
         if not current.obj.nodeflib:
             for d in self.search.system_dirs:
-                yield d, f"system directory {d}"
+                yield d, Found("system", d)
 
     def _resolve(self, needed, current, root, by_name, by_real):
         reason = self.policy.reason(os.path.basename(needed))
         if reason:
-            return Link(needed, None, None, reason, reason), None
+            return Link(needed, None, None, reason, Found("host", reason=reason)), None
         expanded = self._expand(needed, current.origin)
         if "/" in expanded:
-            candidates: Iterable[Tuple[str, str]] = [(os.path.dirname(expanded), "path")]
+            candidates: Iterable[Tuple[str, Found]] = [
+                (os.path.dirname(expanded), Found("path", os.path.dirname(expanded)))]
             needed_file = os.path.basename(expanded)
         else:
             if needed in by_name:
                 loaded = by_name[needed]
-                return self._link(needed, loaded, "already loaded"), loaded
+                return self._link(needed, loaded, Found("loaded")), loaded
             candidates = self._candidates(current, root)
             needed_file = needed
         searched = []
@@ -272,7 +306,7 @@ class Resolver:
             "searched: " + (", ".join(dict.fromkeys(searched)) or "nothing"),
         )
 
-    def _link(self, needed: str, loaded: _Loaded, via: str) -> Link:
+    def _link(self, needed: str, loaded: _Loaded, via: Found) -> Link:
         # The object was loaded under another name; the staged image must still have
         # a file named ``needed`` next to it, so record that path when it exists.
         paths = self.closure.load_paths.get(loaded.real_path, [])

@@ -53,8 +53,8 @@ except ImportError:  # Spack < 1.0.0-alpha.4
 #: Virtual packages whose provider is the compiler of a node (Spack >= 1.0).
 COMPILER_VIRTUALS = ("c", "cxx", "fortran")
 
-__all__ = ["require_supported_spack", "tty", "visit_directory_tree", "ResolveSharedElfLibDepsVisitor", "node_compilers",
-           "configured_c_compilers"]
+__all__ = ["require_supported_spack", "tty", "visit_directory_tree",
+           "ResolveSharedElfLibDepsVisitor", "node_compilers", "configured_c_compilers"]
 
 
 def node_compilers(node: dict, nodes: Dict[str, dict]) -> List[str]:

@@ -16,7 +16,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.gnuversions import GNUVerNeedSection
 
-from .errors import ClosureError
+from .errors import AppImageError, ClosureError
 
 #: ``-z nodeflib``: the object's NEEDED are not searched in the system directories (elf.h)
 DF_1_NODEFLIB = 0x800
@@ -79,6 +79,8 @@ def read_elf(path: str) -> Optional[ElfObject]:
             except spack_elf.ElfParsingError:
                 f.seek(0)
                 return _read_with_pyelftools(path, f)
+        except AppImageError:  # an interrupt (build.py raises it from a signal handler)
+            raise
         # Both parsers read untrusted bytes and fail in their own ways (struct.error,
         # IndexError, a seek to an impossible offset, pyelftools' ELFError and construct
         # errors, ...): every one of them means the same thing to the user.
@@ -142,9 +144,10 @@ def _flags_and_glibc(f, parsed) -> Tuple[int, Tuple[int, ...]]:
             aux_at = at + aux
             for _ in range(count):
                 f.seek(aux_at)
-                _, _, _, name, aux_next = vernaux.unpack(f.read(vernaux.size))
-                f.seek(parsed.pt_dynamic_strtab_offset + name)
-                match = _GLIBC_VERSION.match(f.read(64).split(b"\0", 1)[0].decode(errors="replace"))
+                _, _, _, name_offset, aux_next = vernaux.unpack(f.read(vernaux.size))
+                f.seek(parsed.pt_dynamic_strtab_offset + name_offset)
+                name = f.read(64).split(b"\0", 1)[0].decode(errors="replace")
+                match = _GLIBC_VERSION.match(name)
                 if match:
                     newest = max(newest, tuple(int(x) for x in match.group(1).split(".")))
                 aux_at += aux_next

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .errors import EntryError, EnvironmentNotReady
+from .errors import EntryError, EnvironmentNotReady, label
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def link_run_nodes(env) -> List:
     missing = [s for s in nodes if not s.external and not s.installed]
     if missing:
         raise EnvironmentNotReady(
-            "not installed: " + ", ".join(s.cformat("{name}{@version}{/hash:7}") for s in missing),
+            "not installed: " + ", ".join(label(s) for s in missing),
             f"run `spack -e {env.name} install`, or pass --install",
         )
     return nodes
@@ -156,7 +156,7 @@ def find(request: str, nodes: Sequence) -> Entry:
         )
     if len(found) > 1:
         found.sort(key=lambda e: (e.spec.name, e.spec.dag_hash()))
-        owners = ", ".join(e.spec.cformat("{name}{@version}{/hash:7}") for e in found)
+        owners = ", ".join(label(e.spec) for e in found)
         raise EntryError(
             f"--entry {request}: {rel_path} is in several specs: {owners}",
             f"say which with --entry {target}=SPEC, e.g. --entry {target}={found[0].spec.name}",

@@ -12,6 +12,11 @@ from typing import Callable, Iterator, Optional
 from spack.error import SpackError
 
 
+def label(spec) -> str:
+    """How messages and reports name a spec: ``name@version/hash7``."""
+    return spec.cformat("{name}{@version}{/hash:7}")
+
+
 class AppImageError(SpackError):
     """Base class of the errors this extension raises."""
 

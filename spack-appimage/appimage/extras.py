@@ -11,6 +11,9 @@ libraries they load them through. A rule applies when the spec is bundled, i.e. 
 of its files is in the closure (an external MPI stays on the host with its plugins).
 Interpreters dlopen the shared objects of their library and module trees: those of a
 bundled interpreter and of its extensions come in the same way.
+
+:func:`resolve` runs the closure over the entries and all of these until nothing new
+comes in: a plugin's closure may bundle a spec whose rules add more.
 """
 
 import glob
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 from . import interpreters
+from .closure import Resolver
 from .errors import AppImageError
 
 #: package name -> prefix-relative globs of what it dlopens, or execs by path
@@ -125,3 +129,34 @@ def by_rule(specs: Iterable, stacks: Dict) -> List[Included]:
         for item in _files(spec, interpreters.shared_object_globs(spec, interpreter),
                            f"module of {interpreter.name}")
     ]
+
+
+def resolve(found, nodes, layout, policy, include, rules, left_out):
+    """The closure of the entries, then of the included files, of the plugins that rules
+    add for the specs bundled so far, and of the shared objects of bundled interpreters
+    and their extensions, until nothing new comes in. Returns it with every included
+    file, the interpreted stacks (spec -> interpreter) and ``rules`` with what those
+    interpreters never need."""
+    resolver = Resolver(policy)
+    for entry in found:
+        resolver.add_executable(entry.program)
+    included = requested(include, nodes)
+    seen = set()
+    while True:
+        for item in included:
+            if item.path not in seen:
+                seen.add(item.path)
+                parsed = resolver.parse(os.path.realpath(item.path))
+                if parsed is not None and parsed.shared:
+                    resolver.add_library(item.path)
+                elif parsed is not None and parsed.interpreter:  # a program it execs
+                    resolver.add_executable(item.path)
+        bundled = {layout.owner(p).spec for p in resolver.closure.paths()} - {None}
+        stacks = interpreters.stacks(bundled, nodes, left_out)
+        active = rules.with_never_needed(interpreters.never_needed_in(stacks))
+        new = [i for i in by_rule(bundled, stacks)
+               if i.path not in seen and not active.leaves_out(i.path, i.spec.prefix)]
+        if not new:
+            interpreters.check(stacks, {i.spec for i in included})
+            return resolver.closure, included, stacks, active
+        included += new

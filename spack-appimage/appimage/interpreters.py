@@ -39,7 +39,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-from .errors import AppImageError
+from .errors import AppImageError, label
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,15 @@ def extension_trees(extension, interpreter) -> Tuple[str, ...]:
 def check_library(spec) -> None:
     """An interpreter whose (first) library tree is missing or unreadable cannot start
     from the image (nor anywhere): say so before anything is staged."""
-    label = spec.cformat("{name}{@version}{/hash:7}")
     tree = os.path.join(spec.prefix, _format(language_of(spec).library, spec)[0])
     if not os.path.isdir(tree):
         raise AppImageError(
-            f"{label} has no library tree {tree}",
+            f"{label(spec)} has no library tree {tree}",
             f"reinstall it: spack install --overwrite /{spec.dag_hash(7)}",
         )
     if not os.access(tree, os.R_OK | os.X_OK):
         raise AppImageError(
-            f"cannot read {tree}, the library tree of {label}",
+            f"cannot read {tree}, the library tree of {label(spec)}",
             "make it readable by you, or reinstall the spec",
         )
 
@@ -210,10 +209,8 @@ def check(stacks: Dict, included: Iterable) -> None:
     for spec in included:
         target = extendee(spec)
         if target is not None and spec.dag_hash() not in bundled:
-            label = spec.cformat("{name}{@version}{/hash:7}")
             raise AppImageError(
-                f"{label} extends {target.cformat('{name}{@version}{/hash:7}')}, which is not "
-                "in the image",
+                f"{label(spec)} extends {label(target)}, which is not in the image",
                 f"add an entry of {target.name} (e.g. --entry {_program(target)}) or leave "
                 f"{spec.name} out",
             )

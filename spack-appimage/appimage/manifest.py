@@ -27,7 +27,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .compat import COMPILER_VIRTUALS, node_compilers
-from .errors import AppImageError, unreadable
+from .errors import AppImageError, label, unreadable
 
 #: Where the manifest lives in the AppDir (the runtime's MANIFEST).
 PATH = os.path.join(".appimage", "manifest.json")
@@ -50,7 +50,7 @@ def spec_nodes(spec) -> Dict[str, dict]:
             raise unreadable(path, e) from e
         except (ValueError, KeyError, TypeError) as e:
             raise AppImageError(f"{path} is not a Spack specfile ({e})",
-                                f"reinstall {spec.cformat('{name}{/hash:7}')}") from e
+                                f"reinstall {label(spec)}") from e
     return {node["hash"]: node for node in nodes}
 
 
@@ -201,3 +201,42 @@ def _property_value(value) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def of_build(appdir: Optional[str], found, points, bundled, libraries, command: List[str],
+             run_environment) -> dict:
+    """The manifest of a build, from what its stages produced: the entries and their
+    AppDir paths (``points``), the specs with files in the image (``bundled``), the
+    closure's host requirements and glibc need, and the run environment; without file
+    records when nothing was staged (``appdir`` None)."""
+    import spack.traverse
+
+    bundled = sorted(bundled, key=lambda s: s.dag_hash())
+    externals = [
+        spec for spec in spack.traverse.traverse_nodes(
+            [e.spec for e in found], deptype=("link", "run"))
+        if spec.external and spec not in bundled
+    ]
+    return build(
+        appdir,
+        points,
+        [e.spec for e in found],
+        bundled,
+        sorted(externals, key=lambda s: s.dag_hash()),
+        libraries.host_requirements(),
+        libraries.glibc_requirement(),
+        list(command),
+        run_environment.as_records(),
+    )
+
+
+def write_sbom(path: str, force: bool, image_manifest: dict, image_name: str) -> str:
+    """The CycloneDX SBOM of ``image_manifest`` written at ``path`` (atomically, never
+    over an existing file without ``force``); returns its absolute path."""
+    from .assemble import output_file
+
+    with output_file(path, force, executable=False) as partial:
+        with open(partial, "w") as f:
+            json.dump(cyclonedx(image_manifest, image_name), f, indent=2)
+            f.write("\n")
+    return os.path.abspath(path)

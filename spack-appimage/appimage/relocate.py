@@ -27,7 +27,7 @@ from .elf import read_elf
 from .compat import ResolveSharedElfLibDepsVisitor, visit_directory_tree
 from .errors import AuditError, ToolError
 from .policy import HostRule
-from .stage import Layout
+from .layout import Layout
 
 ORIGIN = "$ORIGIN"
 
@@ -35,10 +35,10 @@ ORIGIN = "$ORIGIN"
 def rpaths_for(closure: Closure, layout: Layout) -> Dict[str, List[str]]:
     """AppDir path of each staged ELF object -> its new RPATH entries."""
     result = {}
-    for real_path in closure.objects:
+    for real_path in closure.paths():
         dest_dir = os.path.dirname(layout.dest(real_path))
         dirs = []
-        for link in closure.links.get(real_path, {}).values():
+        for link in closure.links_of(real_path):
             if link.load_path is None:
                 continue
             rel = os.path.relpath(os.path.dirname(layout.dest(link.load_path)), dest_dir)

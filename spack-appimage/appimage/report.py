@@ -18,11 +18,14 @@
 * totals.
 """
 
+import dataclasses
 import json
 import os
 from typing import Dict, List
 
-from .stage import BINARY, DATA, LIBRARY, owner_of_dest
+from .errors import label
+from .layout import owner_of_dest
+from .stage import BINARY, DATA, LIBRARY
 
 KINDS = (BINARY, LIBRARY, DATA)
 
@@ -35,14 +38,14 @@ def collect(result, layout, always_there) -> dict:
         shown = set()
         trees.append({
             "entry": entry.name,
-            "spec": entry.spec.cformat("{name}{@version}{/hash:7}"),
+            "spec": label(entry.spec),
             "path": layout.dest(entry.path),
             "loads": _children(os.path.realpath(entry.program), result.closure, layout,
                                always_there, shown),
         })
     sizes = result.plan.bytes_by_owner()
-    specs = [dict(owner=label, **by_kind, total=sum(by_kind.values()))
-             for label, by_kind in sorted(sizes.items())]
+    specs = [dict(owner=owner, **by_kind, total=sum(by_kind.values()))
+             for owner, by_kind in sorted(sizes.items())]
     host = sorted(result.closure.host_requirements().items())
     return {
         "interpreters": _stacks(result, layout),
@@ -87,7 +90,7 @@ def _stacks(result, layout) -> List[dict]:
 
 def _children(path, closure, layout, always_there, shown) -> List[dict]:
     nodes = []
-    for link in closure.links.get(path, {}).values():
+    for link in closure.links_of(path):
         if link.host_reason:
             if not always_there(link.needed):
                 nodes.append({"needed": link.needed, "host": link.host_reason})
@@ -96,7 +99,8 @@ def _children(path, closure, layout, always_there, shown) -> List[dict]:
             "needed": link.needed,
             "owner": layout.owner(link.real_path).label,
             "dest": layout.dest(link.real_path),
-            "found_via": link.found_via,
+            "found_via": {k: v for k, v in dataclasses.asdict(link.found_via).items()
+                          if v is not None},
         }
         if link.real_path in shown:
             node["shown_above"] = True
@@ -172,6 +176,16 @@ def _grouped_lines(items: List[tuple]) -> List[str]:
     return lines
 
 
+def _how_found(found: dict) -> str:
+    """The text of a :class:`~.closure.Found` record: "RPATH of libmid.so.1: /dir"."""
+    kind = found["kind"]
+    if kind in ("rpath", "runpath"):
+        return f"{kind.upper()} of {found['object']}: {found['directory']}"
+    if kind == "system":
+        return f"system directory {found['directory']}"
+    return {"path": "path", "loaded": "already loaded"}.get(kind) or found.get("reason", kind)
+
+
 def _draw(nodes: List[dict], indent: str, lines: List[str]) -> None:
     for i, node in enumerate(nodes):
         last = i == len(nodes) - 1
@@ -181,5 +195,5 @@ def _draw(nodes: List[dict], indent: str, lines: List[str]) -> None:
             continue
         seen = "  (see above)" if node.get("shown_above") else ""
         lines.append(f"{indent}{branch}{node['needed']}  {node['owner']}  {node['dest']}  "
-                     f"[{node['found_via']}]{seen}")
+                     f"[{_how_found(node['found_via'])}]{seen}")
         _draw(node.get("loads", []), indent + deeper, lines)

@@ -117,9 +117,9 @@ def _uninterrupted_start(command, **kwargs) -> Iterator[subprocess.Popen]:
     """Popen, with SIGINT and SIGTERM held until the process object exists, then killed
     and reaped if the block is interrupted.
 
-    An interrupt that struck inside ``subprocess.run`` between fork and Popen's return
-    would orphan mksquashfs, which then recreated the temporary output the cleanup had
-    just removed (seen in the stage-8 interrupt test)."""
+    An interrupt that strikes inside ``subprocess.run`` between fork and Popen's return
+    would orphan mksquashfs, which would then recreate the temporary output the cleanup
+    has just removed."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPT_SIGNALS)
     try:
         process = subprocess.Popen(

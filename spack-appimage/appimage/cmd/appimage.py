@@ -1,8 +1,10 @@
 """``spack appimage``: bundle programs of an environment into one executable file."""
 
 import argparse
+import contextlib
 import os
 import sys
+from typing import Iterator
 
 import spack.cmd
 from spack.cmd.common import arguments
@@ -135,6 +137,9 @@ def appimage(parser, args):
         tty.die("--json is for the --dry-run report; add --dry-run")
     env = spack.cmd.require_active_env(cmd_name="appimage")
     settings.check_known_keys()
+    if args.install:
+        with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+            _install_environment(env)
     env_name = os.path.basename(os.path.normpath(env.name))
     options = build.Options(
         entries=args.entry,
@@ -144,7 +149,6 @@ def appimage(parser, args):
         force=args.force,
         compression=settings.get("compression", args.compression) or "zstd",
         jobs=args.jobs,
-        install=args.install,
         keep_appdir=args.keep_appdir,
         dry_run=args.dry_run,
         include=settings.get("include", args.include),
@@ -163,3 +167,30 @@ def appimage(parser, args):
         f"{stage} {seconds:.2f}" for stage, seconds in result.timings.items()))
     if result.output:
         tty.msg(build.describe(result))
+
+
+def _install_environment(env) -> None:
+    """Concretize and install what is missing, as `spack install` in an environment does."""
+    with env.write_transaction():
+        concretized = env.concretize()
+        if concretized:
+            tty.msg(f"Concretized {len(concretized)} specs")
+        env.write(regenerate=False)
+    env.install_all()
+    with env.write_transaction():
+        env.write(regenerate=True)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to stdout (Spack's install messages, build tools run by it)
+    to stderr, so that stdout holds only the JSON report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
