@@ -23,7 +23,6 @@ interleaved where it compares configurations, as the median of --repeat repetiti
 """
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -42,58 +41,25 @@ import launch  # noqa: E402  (imports Spack and the extension)
 import tree  # noqa: E402
 
 from spack.extensions.appimage import (  # noqa: E402
-    apprun, assemble, closure, desktop, elf, entries, manifest, policy, relocate, runtime,
-    squashfs, stage,
+    build, closure, elf, entries, policy, runtime, squashfs,
 )
 from spack.extensions.appimage.layout import Layout  # noqa: E402
 
 TEST_REPO = os.path.join(ROOT, "tests", "repo", "spack_repo", "appimage_test")
 
 
-@contextlib.contextmanager
-def timed(into, name):
-    start = time.perf_counter()
-    yield
-    into[name] = time.perf_counter() - start
-
-
 def pipeline(store, program, work, compression="zstd"):
-    """Every stage but the Spack ones on the generated store; seconds per stage."""
-    seconds = {}
-    layout = Layout.of_prefixes(tree.prefixes(store))
-    with timed(seconds, "closure"):
-        found = closure.resolve([program], policy.DEFAULT_POLICY)
+    """The build's own stages (``build.plan_image``, ``build.write_image``) on the
+    generated store, which holds no Spack specs; seconds per stage."""
     entry = entries.Entry(os.path.basename(program), None, program)
-    with timed(seconds, "plan"):
-        plan = stage.plan([entry], found, layout)
-    appdir = tempfile.mkdtemp(dir=work)
-    try:
-        with timed(seconds, "stage"):
-            stage.materialize(plan, appdir)
-        with timed(seconds, "relocate"):
-            relocate.relocate(appdir, relocate.rpaths_for(found, layout))
-        with timed(seconds, "apprun"):
-            apprun.install(appdir, [entry], [apprun.EntryPoint.of(entry, layout)], found,
-                           policy.DEFAULT_POLICY, None)
-            desktop.write(appdir, "tree", [entry.name], None)
-        with timed(seconds, "audit"):
-            relocate.audit(appdir, policy.DEFAULT_POLICY.patterns, [store])
-        with timed(seconds, "manifest"):  # the file records: no Spack specs in this store
-            files, links = manifest.file_records(appdir)
-            manifest.write(appdir, {"files": files, "links": links})
-        image = os.path.join(work, "tree.app")
-        runtime_file = runtime.build()
-        with assemble.output_file(image, force=True) as partial:
-            with timed(seconds, "squashfs"):
-                squashfs.make(squashfs.find_mksquashfs([]), appdir, partial,
-                              offset=os.path.getsize(runtime_file), compression=compression,
-                              jobs=None, progress=False)
-            with timed(seconds, "assemble"):
-                assemble.write_runtime(runtime_file, partial)
-                assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION, 0)
-        return seconds, len(plan.files)
-    finally:
-        shutil.rmtree(appdir, ignore_errors=True)
+    options = build.Options(entries=[entry.name], output=os.path.join(work, "tree.app"),
+                            compression=compression, force=True)
+    progress = build.Progress(build.STAGES, checkpoint=lambda: None, quiet=True)
+    result = build.plan_image([entry], [], Layout.of_prefixes(tree.prefixes(store)),
+                              policy.DEFAULT_POLICY, options, progress, store_root=store)
+    build.write_image(result, policy.DEFAULT_POLICY, options, progress, runtime.build(),
+                      squashfs.find_mksquashfs([]))
+    return progress.timings, len(result.plan.files)
 
 
 def median_of(runs):

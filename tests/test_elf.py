@@ -113,3 +113,15 @@ def test_spack_appimage_refuses_a_damaged_library_in_one_line(site, damaged, nam
     assert f"{planted} is not a readable ELF file (" in line
     assert line.endswith("reinstall the package that owns it: spack install --overwrite <spec>")
     assert not (tmp_path / "x.app").exists()
+
+
+def test_loaded_sections_agree_with_pyelftools(tmp_path):
+    """The leak search reads the section header table itself; pyelftools reads it too."""
+    library = cc(str(tmp_path / "libgood.so"), LIBRARY, "-shared", "-fPIC", "-lm")
+    for path in [library, "/bin/true", "/usr/bin/python3",
+                 *glob.glob("/usr/lib/x86_64-linux-gnu/libstdc++.so.6")]:
+        with open(os.path.realpath(path), "rb") as f:
+            ours = elf.loaded_sections(f)
+            theirs = [(s.name, s["sh_offset"], s["sh_size"]) for s in ELFFile(f).iter_sections()
+                      if s["sh_flags"] & 0x2 and s["sh_type"] != "SHT_NOBITS"]
+        assert ours == theirs and len(ours) > 5, path

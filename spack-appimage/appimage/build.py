@@ -70,6 +70,10 @@ class Result:
     store_paths: Dict[str, List[str]] = field(default_factory=dict)
     #: when the command started (perf_counter), for the last line's elapsed time
     started: float = 0.0
+    layout: Optional[Layout] = None
+    #: the entries' AppDir paths, and the specs with files in the image
+    points: List[apprun.EntryPoint] = field(default_factory=list)
+    bundled: List = field(default_factory=list)
 
 
 #: The stages of a build, in order, with what their progress lines say (``{...}`` filled
@@ -89,7 +93,7 @@ DRY_RUN_STAGES = {"closure": STAGES["closure"], "plan": STAGES["plan"],
                   "report": "dry run: nothing written"}
 
 
-class _Progress:
+class Progress:
     """``==> [i/N] stage`` lines, as ``spack install`` prints them, with timings.
 
     On a terminal the line of the running stage is redrawn in place with its time when
@@ -190,8 +194,7 @@ def _check_default(options: Options, found: List[entries.Entry]) -> None:
 
 
 def run(env, options: Options) -> Result:
-    import spack.store
-
+    """The image (or, with ``dry_run``, its report) of ``options.entries`` of ``env``."""
     started = time.perf_counter()
     with _Interrupts().installed() as interrupts:
         nodes = entries.link_run_nodes(env)
@@ -204,98 +207,121 @@ def run(env, options: Options) -> Result:
                                   "give the SBOM another file name")
             assemble.check_output(options.sbom, options.force, "--sbom")
         if not options.dry_run:
-            assemble.check_output(options.output, options.force)
-            runtime_file = options.runtime or runtime.build()
-            assemble.check_runtime(runtime_file)
-            mksquashfs = squashfs.find_mksquashfs(nodes)
-            squashfs.check_compression(mksquashfs, options.compression)
-            ours = assemble.section(runtime_file, runtime.ID_SECTION) is not None
-            if not ours and options.compression not in squashfs.OFFICIAL_RUNTIME_READS:
-                tty.warn(
-                    f"the official AppImage runtime cannot read {options.compression} "
-                    f"images (only {' and '.join(squashfs.OFFICIAL_RUNTIME_READS)}); make "
-                    f"sure {options.runtime} can"
-                )
-
+            runtime_file, mksquashfs = _check_tools(options, nodes)
         policy = host_policy.for_environment(
             nodes, options.host_libs, options.bundle_libs, options.bundle_externals
         )
-        layout = Layout(nodes)
-        progress = _Progress(DRY_RUN_STAGES if options.dry_run else STAGES, interrupts.check,
-                             quiet=options.json)
-        rules = stage.DataRules(tuple(options.exclude), tuple(options.keep))
-        with progress.stage("closure"):
-            libraries, included, stacks, rules = extras.resolve(
-                found, nodes, layout, policy, options.include, rules, options.exclude_specs)
-        with progress.stage("plan"):
-            plan = stage.plan(found, libraries, layout, [i.path for i in included], rules,
-                              {s: interpreters.trees(s, i) for s, i in stacks.items()})
-            points = [apprun.EntryPoint.of(e, layout) for e in found]
-            bundled = layout.specs_owning(plan.files.values())
-            run_environment = runenv.compute(
-                [e.spec for e in found] + list(stacks), layout, plan.files,
-                spack.store.STORE.root, extras.relocating_variables(bundled))
-            store_paths = leaks.find(plan.files, owner_of_dest, spack.store.STORE.root)
-        result = Result(None, found, libraries, plan, progress.timings, included,
-                        started=started, stacks=stacks, run_environment=run_environment,
-                        store_paths=store_paths)
+        progress = Progress(DRY_RUN_STAGES if options.dry_run else STAGES, interrupts.check,
+                            quiet=options.json)
+        result = plan_image(found, nodes, Layout(nodes), policy, options, progress)
+        result.started = started
         if not options.json:
-            for name, value in run_environment.dropped:
+            for name, value in result.run_environment.dropped:
                 tty.warn(f"{name}={value} is not set in the image: it names the store or "
                          "holds a tab or newline")
             if not options.dry_run:
-                for label, paths in store_paths.items():
+                for label, paths in result.store_paths.items():
                     tty.warn(f"{len(paths)} files of {label} name the store; programs reading "
                              "them may fail on other machines (--dry-run lists them)")
         if options.dry_run:
             with progress.stage("report", draws=True):
-                data = report.collect(result, layout, policy.always_there)
+                data = report.collect(result, result.layout, policy.always_there)
                 print(report.as_json(data) if options.json else report.text(data))
             if options.sbom:
-                _write_sbom(options, manifest.of_build(None, found, points, bundled, libraries,
-                                                       options.command, run_environment))
+                _write_sbom(options, _manifest_of(result, options, None))
             return result
-
-        # The AppDir lives inside the output's transaction: it is gone before the image
-        # takes its name, so no interrupt can strike between the two.
-        with assemble.output_file(options.output, options.force) as partial:
-            with _appdir(options.keep_appdir, plan.size()) as appdir:
-                with progress.stage("stage", files=len(plan.files)):
-                    stage.materialize(plan, appdir)
-                    bytecode.make_valid(appdir, bytecode.python_sources(
-                        plan.files, interpreters.python_executables(stacks)))
-                with progress.stage("relocate"):
-                    relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
-                with progress.stage("apprun"):
-                    apprun.install(appdir, found, points, libraries, policy,
-                                   options.default_entry, run_environment.changes)
-                    desktop.write(appdir, options.output, [e.name for e in found],
-                                  options.default_entry)
-                with progress.stage("audit"):
-                    host = list(policy.patterns) + list(libraries.host_requirements())
-                    relocate.audit(appdir, host, [spack.store.STORE.root])
-                with progress.stage("manifest"):
-                    result.manifest = manifest.of_build(appdir, found, points, bundled,
-                                                        libraries, options.command,
-                                                        run_environment)
-                    unpacked = manifest.write(appdir, result.manifest)
-                with progress.stage("squashfs", draws=progress.terminal,
-                                    compression=options.compression):
-                    squashfs.make(
-                        mksquashfs, appdir, partial,
-                        offset=os.path.getsize(runtime_file),
-                        compression=options.compression,
-                        jobs=options.jobs,
-                        progress=progress.terminal,
-                    )
-                with progress.stage("assemble"):
-                    assemble.write_runtime(runtime_file, partial)
-                    assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION,
-                                            unpacked)
-            if options.sbom:  # before the image takes its name: a failure leaves neither
-                _write_sbom(options, result.manifest)
-        result.output = os.path.abspath(options.output)
+        write_image(result, policy, options, progress, runtime_file, mksquashfs)
         return result
+
+
+def _check_tools(options: Options, nodes):
+    """The output path, the runtime and mksquashfs with its compression, checked before
+    anything is copied; returns (runtime file, mksquashfs)."""
+    assemble.check_output(options.output, options.force)
+    runtime_file = options.runtime or runtime.build()
+    assemble.check_runtime(runtime_file)
+    mksquashfs = squashfs.find_mksquashfs(nodes)
+    squashfs.check_compression(mksquashfs, options.compression)
+    ours = assemble.section(runtime_file, runtime.ID_SECTION) is not None
+    if not ours and options.compression not in squashfs.OFFICIAL_RUNTIME_READS:
+        tty.warn(
+            f"the official AppImage runtime cannot read {options.compression} "
+            f"images (only {' and '.join(squashfs.OFFICIAL_RUNTIME_READS)}); make "
+            f"sure {options.runtime} can"
+        )
+    return runtime_file, mksquashfs
+
+
+def plan_image(found, nodes, layout: Layout, policy, options: Options,
+               progress: "Progress", store_root: Optional[str] = None) -> Result:
+    """The first stages: the closure (with what extras add) and the plan of the AppDir,
+    with what follows from it (entry points, bundled specs, run environment, files that
+    name ``store_root``, by default Spack's store)."""
+    import spack.store
+
+    store_root = store_root or spack.store.STORE.root
+    rules = stage.DataRules(tuple(options.exclude), tuple(options.keep))
+    with progress.stage("closure"):
+        libraries, included, stacks, rules = extras.resolve(
+            found, nodes, layout, policy, options.include, rules, options.exclude_specs)
+    with progress.stage("plan"):
+        plan = stage.plan(found, libraries, layout, [i.path for i in included], rules,
+                          {s: interpreters.trees(s, i) for s, i in stacks.items()})
+        bundled = layout.specs_owning(plan.files.values())
+        run_environment = runenv.compute(
+            [e.spec for e in found if e.spec is not None] + list(stacks), layout, plan.files,
+            store_root, extras.relocating_variables(bundled))
+        store_paths = leaks.find(plan.files, owner_of_dest, store_root)
+    return Result(None, found, libraries, plan, progress.timings, included, stacks=stacks,
+                  run_environment=run_environment, store_paths=store_paths, layout=layout,
+                  points=[apprun.EntryPoint.of(e, layout) for e in found], bundled=bundled)
+
+
+def write_image(result: Result, policy, options: Options, progress: "Progress",
+                runtime_file: str, mksquashfs) -> None:
+    """The stages that write: the AppDir, relocated and audited, with AppRun and the
+    manifest, packed and put behind the runtime at ``options.output``."""
+    import spack.store
+
+    found, libraries, layout = result.entries, result.closure, result.layout
+    # The AppDir lives inside the output's transaction: it is gone before the image
+    # takes its name, so no interrupt can strike between the two.
+    with assemble.output_file(options.output, options.force) as partial:
+        with _appdir(options.keep_appdir, result.plan.size()) as appdir:
+            with progress.stage("stage", files=len(result.plan.files)):
+                stage.materialize(result.plan, appdir)
+                bytecode.make_valid(appdir, bytecode.python_sources(
+                    result.plan.files, interpreters.python_executables(result.stacks)))
+            with progress.stage("relocate"):
+                relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
+            with progress.stage("apprun"):
+                apprun.install(appdir, found, result.points, libraries, policy,
+                               options.default_entry, result.run_environment.changes)
+                desktop.write(appdir, options.output, [e.name for e in found],
+                              options.default_entry)
+            with progress.stage("audit"):
+                host = list(policy.patterns) + list(libraries.host_requirements())
+                relocate.audit(appdir, host, [spack.store.STORE.root])
+            with progress.stage("manifest"):
+                result.manifest = _manifest_of(result, options, appdir)
+                unpacked = manifest.write(appdir, result.manifest)
+            with progress.stage("squashfs", draws=progress.terminal,
+                                compression=options.compression):
+                squashfs.make(mksquashfs, appdir, partial,
+                              offset=os.path.getsize(runtime_file),
+                              compression=options.compression, jobs=options.jobs,
+                              progress=progress.terminal)
+            with progress.stage("assemble"):
+                assemble.write_runtime(runtime_file, partial)
+                assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION, unpacked)
+        if options.sbom:  # before the image takes its name: a failure leaves neither
+            _write_sbom(options, result.manifest)
+    result.output = os.path.abspath(options.output)
+
+
+def _manifest_of(result: Result, options: Options, appdir: Optional[str]) -> dict:
+    return manifest.of_build(appdir, result.entries, result.points, result.bundled,
+                             result.closure, options.command, result.run_environment)
 
 
 def describe(result: Result) -> str:

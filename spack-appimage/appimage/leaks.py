@@ -17,12 +17,12 @@ rather than Spack's relocation regex (``spack.relocate_text``), which also captu
 characters around each match for the replacement it is made for.
 """
 
+import mmap
 import os
+import struct
 from typing import Dict, List
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.constants import SH_FLAGS
-from elftools.elf.elffile import ELFFile
+from .elf import loaded_sections
 
 #: ELF sections searched although loaded: the dynamic string table holds RPATH/RUNPATH.
 _RELOCATED_SECTIONS = (".dynstr",)
@@ -34,21 +34,26 @@ SKIPPED_SUFFIXES = (".pyc",)
 def names_store(path: str, store: bytes) -> bool:
     """Whether the file at ``path`` names ``store`` where a program could read it."""
     with open(path, "rb") as f:
-        if f.read(4) == b"\x7fELF":
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            hits = _occurrences(data, store)
+            if not hits or data[:4] != b"\x7fELF":
+                return bool(hits)
             try:
-                return _elf_names_store(ELFFile(f), store)
-            except ELFError:
-                pass
-        f.seek(0)
-        return f.read().find(store) >= 0
+                sections = loaded_sections(f)
+            except (struct.error, ValueError, KeyError, IndexError):
+                return True  # a table we cannot read: the bytes are what a program reads
+    return any(start <= hit < start + size for hit in hits
+               for name, start, size in sections if name not in _RELOCATED_SECTIONS)
 
 
-def _elf_names_store(elf: ELFFile, store: bytes) -> bool:
-    for section in elf.iter_sections():
-        if section["sh_flags"] & SH_FLAGS.SHF_ALLOC and section.name not in _RELOCATED_SECTIONS \
-                and section["sh_type"] != "SHT_NOBITS" and section.data().find(store) >= 0:
-            return True
-    return False
+def _occurrences(data, store: bytes) -> List[int]:
+    hits, at = [], data.find(store)
+    while at >= 0:
+        hits.append(at)
+        at = data.find(store, at + 1)
+    return hits
 
 
 def find(files: Dict[str, str], owner_label, store_root: str) -> Dict[str, List[str]]:

@@ -125,7 +125,7 @@ def build(
         "command": list(command),
         "entries": [
             {"name": point.name, "path": point.path, "interpreter": point.interpreter,
-             "spec": spec.dag_hash()}
+             "spec": spec.dag_hash() if spec is not None else None}
             for point, spec in zip(entry_points, entry_specs)
         ],
         "specs": sorted(specs, key=lambda r: (r["name"], r["hash"])),
@@ -212,9 +212,9 @@ def of_build(appdir: Optional[str], found, points, bundled, libraries, command: 
     import spack.traverse
 
     bundled = sorted(bundled, key=lambda s: s.dag_hash())
+    entry_specs = [e.spec for e in found if e.spec is not None]  # none in the benchmarks
     externals = [
-        spec for spec in spack.traverse.traverse_nodes(
-            [e.spec for e in found], deptype=("link", "run"))
+        spec for spec in spack.traverse.traverse_nodes(entry_specs, deptype=("link", "run"))
         if spec.external and spec not in bundled
     ]
     return build(

@@ -76,6 +76,8 @@ def compute(specs: Iterable, layout, staged_files: Iterable[str], store_root: st
 
     specs = list(specs)
     result = RunEnvironment()
+    if not specs:  # a tree that is not a Spack installation (the benchmarks)
+        return result
     context = spack.build_environment.SetupContext(*specs, context=Context.RUN)
     context.set_all_package_py_globals()
     staged = set(staged_files) | staged_directories(staged_files)
