@@ -86,7 +86,7 @@ def install(appdir: str, entries: Sequence, points: Sequence[EntryPoint], librar
             libraries.host_requirements(os.path.realpath(entry.program)).items())
         if not policy.always_there(name)
     ]
-    write_table(appdir, points, default, bin_dirs, libraries.glibc_requirement(),
+    write_table(appdir, points, default, bin_dirs, libraries.glibc_requirement,
                 host_libs, run_environment, loader_dirs(platform.machine()))
     target = os.path.join(appdir, "AppRun")
     shutil.copyfile(build(), target)

@@ -29,6 +29,7 @@ the image provides them.
 """
 
 import collections
+import functools
 import os
 import platform
 import re
@@ -137,8 +138,10 @@ class Closure:
         """The paths the loader opens the object at ``real_path`` through."""
         return self.load_paths.get(real_path, [])
 
+    @functools.cached_property
     def glibc_requirement(self) -> Optional[str]:
-        """The oldest host glibc every object can run on (:func:`elf.glibc_requirement`)."""
+        """The oldest host glibc every object can run on (:func:`elf.glibc_requirement`),
+        asked by AppRun's table and by the manifest: computed once, after resolution."""
         return glibc_requirement(self.objects.values())
 
     def libraries(self) -> List[str]:

@@ -224,7 +224,7 @@ def of_build(appdir: Optional[str], found, points, bundled, libraries, command: 
         bundled,
         sorted(externals, key=lambda s: s.dag_hash()),
         libraries.host_requirements(),
-        libraries.glibc_requirement(),
+        libraries.glibc_requirement,
         list(command),
         run_environment.as_records(),
     )

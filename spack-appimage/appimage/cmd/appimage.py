@@ -39,6 +39,21 @@ epilog = """examples:
 """
 
 
+#: The options that may be given several times, each adding a pattern: (flag, metavar,
+#: help). Each also has a config:appimage list (settings.py).
+REPEATABLE = (
+    ("--include", "SPEC:GLOB", "also bundle files of SPEC matching the prefix-relative GLOB, "
+     "e.g. plugins a program dlopens (shared libraries get their own closure)"),
+    ("--exclude", "GLOB", "leave out data files matching the prefix-relative GLOB"),
+    ("--keep", "GLOB", "keep data files matching GLOB that the default rules leave out"),
+    ("--exclude-spec", "NAME", "do not bundle the extension NAME (a package name or glob) "
+     "with its interpreter"),
+    ("--host-lib", "PATTERN", "take libraries whose name matches PATTERN from the host"),
+    ("--bundle-lib", "PATTERN", "bundle libraries whose name matches PATTERN even if the "
+     "host policy would keep them on the host (never the glibc family)"),
+)
+
+
 def setup_parser(subparser: argparse.ArgumentParser) -> None:
     subparser.epilog = epilog
     subparser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -72,33 +87,9 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
         "--compression", choices=COMPRESSIONS,
         help="squashfs compression (default: config:appimage:compression, else zstd)",
     )
-    subparser.add_argument(
-        "--include", action="append", metavar="SPEC:GLOB",
-        help="also bundle files of SPEC matching the prefix-relative GLOB, e.g. plugins a "
-        "program dlopens (shared libraries get their own closure) (repeatable)",
-    )
-    subparser.add_argument(
-        "--exclude", action="append", metavar="GLOB",
-        help="leave out data files matching the prefix-relative GLOB (repeatable)",
-    )
-    subparser.add_argument(
-        "--keep", action="append", metavar="GLOB",
-        help="keep data files matching GLOB that the default rules leave out (repeatable)",
-    )
-    subparser.add_argument(
-        "--exclude-spec", action="append", metavar="NAME",
-        help="do not bundle the extension NAME (a package name or glob) with its "
-        "interpreter (repeatable)",
-    )
-    subparser.add_argument(
-        "--host-lib", action="append", metavar="PATTERN",
-        help="take libraries whose name matches PATTERN from the host (repeatable)",
-    )
-    subparser.add_argument(
-        "--bundle-lib", action="append", metavar="PATTERN",
-        help="bundle libraries whose name matches PATTERN even if the host policy would "
-        "keep them on the host (never the glibc family) (repeatable)",
-    )
+    for flag, metavar, text in REPEATABLE:
+        subparser.add_argument(flag, action="append", metavar=metavar,
+                               help=f"{text} (repeatable)")
     subparser.add_argument(
         "--bundle-externals", action="store_true", default=None,
         help="bundle the libraries of external specs instead of taking them from the host",
