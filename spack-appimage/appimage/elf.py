@@ -79,16 +79,30 @@ def read_elf(path: str) -> Optional[ElfObject]:
             except spack_elf.ElfParsingError:
                 f.seek(0)
                 return _read_with_pyelftools(path, f)
-        except AppImageError:  # an interrupt (build.py raises it from a signal handler)
-            raise
         # Both parsers read untrusted bytes and fail in their own ways (struct.error,
         # IndexError, a seek to an impossible offset, pyelftools' ELFError and construct
-        # errors, ...): every one of them means the same thing to the user.
+        # errors, ...): every one of them means the same thing to the user. Except an
+        # interrupt (build.py raises it from a signal handler), which pyelftools' construct
+        # may have wrapped in its own error.
         except Exception as e:
+            interrupt = _interrupt_in(e)
+            if interrupt is not None:
+                raise interrupt from None
             raise ClosureError(
                 f"{path} is not a readable ELF file ({_why(e)})",
                 "reinstall the package that owns it: spack install --overwrite <spec>",
             ) from e
+
+
+def _interrupt_in(error: Optional[BaseException]) -> Optional[AppImageError]:
+    """The :class:`AppImageError` that ``error`` is or was raised from, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, AppImageError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _why(error: Exception) -> str:
@@ -150,7 +164,11 @@ def _flags_and_glibc(f, parsed) -> Tuple[int, Tuple[int, ...]]:
                 match = _GLIBC_VERSION.match(name)
                 if match:
                     newest = max(newest, tuple(int(x) for x in match.group(1).split(".")))
+                if not aux_next:  # the chain ends here whatever the counts say, as in ld.so
+                    break
                 aux_at += aux_next
+            if not following:
+                break
             at += following
     return tags.get(DT_FLAGS_1, 0), newest
 
@@ -203,10 +221,13 @@ def _read_with_pyelftools(path, f) -> ElfObject:
     )
 
 
-#: (header format, offset of e_shoff) per ELF class, then the section header format.
-_SECTION_TABLE = {1: ("IHHHHHH", 0x20, "IIIIII"), 2: ("QIHHHHHH", 0x28, "IIQQQQ")}
+#: Per ELF class: the header from e_shoff on (e_shoff, e_flags, e_ehsize, e_phentsize,
+#: e_phnum, e_shentsize, e_shnum, e_shstrndx), its offset, and a section header's first
+#: seven fields (sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link).
+_SECTION_TABLE = {1: ("IIHHHHHH", 0x20, "IIIIIII"), 2: ("QIHHHHHH", 0x28, "IIQQQQI")}
 SHF_ALLOC = 0x2
 SHT_NOBITS = 8
+SHN_XINDEX = 0xFFFF
 
 
 def loaded_sections(f) -> List[Tuple[str, int, int]]:
@@ -214,24 +235,35 @@ def loaded_sections(f) -> List[Tuple[str, int, int]]:
     process has in memory (SHF_ALLOC, not SHT_NOBITS), read from the section header
     table alone. pyelftools builds an object per section: 0.75 ms a library, 1.5 s for
     the 2,000 of bench/run.py's tree, which the leak search paid for every ELF file it
-    staged. Raises ``struct.error`` or ``ValueError`` on a damaged table."""
+    staged. ``f`` may be an mmap: reads then stop at the end of the file whatever sizes
+    a damaged table claims. Raises ``struct.error``, ``ValueError`` or ``IndexError`` on
+    a damaged table."""
     f.seek(0)
     ident = f.read(16)
+    if ident[4] not in _SECTION_TABLE or ident[5] not in (1, 2):
+        raise ValueError("unknown ELF class or byte order")
     header_format, at, section_format = _SECTION_TABLE[ident[4]]
     order = "<" if ident[5] == 1 else ">"
     f.seek(at)
     fields = struct.unpack(order + header_format, f.read(struct.calcsize(order + header_format)))
     shoff, (shentsize, shnum, shstrndx) = fields[0], fields[-3:]
+    if shoff == 0:  # no section table (sstrip): nothing to tell the sections apart
+        raise ValueError("no section header table")
     entry = struct.Struct(order + section_format)
+    f.seek(shoff)
+    first = entry.unpack(f.read(entry.size))
+    # Past 0xff00 sections the count and the string table's index live in section 0.
+    shnum = shnum or first[5]
+    shstrndx = first[6] if shstrndx == SHN_XINDEX else shstrndx
     f.seek(shoff)
     table = f.read(shentsize * shnum)
     headers = [entry.unpack_from(table, i * shentsize) for i in range(shnum)]
-    _, _, _, _, names_at, names_size = headers[shstrndx]
+    names_at, names_size = headers[shstrndx][4:6]
     f.seek(names_at)
     names = f.read(names_size)
     return [
         (names[name:names.index(b"\0", name)].decode(errors="replace"), offset, size)
-        for name, kind, flags, _, offset, size in headers
+        for name, kind, flags, _, offset, size, _ in headers
         if flags & SHF_ALLOC and kind != SHT_NOBITS
     ]
 

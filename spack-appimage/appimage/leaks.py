@@ -37,12 +37,14 @@ def names_store(path: str, store: bytes) -> bool:
         if os.fstat(f.fileno()).st_size == 0:
             return False
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data[:4] != b"\x7fELF":
+                return data.find(store) >= 0
             hits = _occurrences(data, store)
-            if not hits or data[:4] != b"\x7fELF":
-                return bool(hits)
+            if not hits:
+                return False
             try:
-                sections = loaded_sections(f)
-            except (struct.error, ValueError, KeyError, IndexError):
+                sections = loaded_sections(data)
+            except (struct.error, ValueError, IndexError, OverflowError):
                 return True  # a table we cannot read: the bytes are what a program reads
     return any(start <= hit < start + size for hit in hits
                for name, start, size in sections if name not in _RELOCATED_SECTIONS)

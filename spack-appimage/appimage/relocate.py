@@ -25,7 +25,7 @@ import spack.util.elf as elf
 from .closure import Closure
 from .elf import read_elf
 from .compat import ResolveSharedElfLibDepsVisitor, visit_directory_tree
-from .errors import AuditError, ToolError
+from .errors import AuditError, ClosureError, ToolError
 from .policy import HostRule
 from .layout import Layout
 
@@ -141,7 +141,7 @@ def unresolved_by_closure_reader(appdir: str, host_libraries: Sequence[str]):
     for root, _, files in os.walk(appdir):
         for name in files:
             path = os.path.join(root, name)
-            obj = None if os.path.islink(path) else read_elf(path)
+            obj = None if os.path.islink(path) else _readable_elf(path)
             if obj is None:
                 continue
             dirs = [d.replace("${ORIGIN}", root).replace(ORIGIN, root)
@@ -156,8 +156,17 @@ def unresolved_by_closure_reader(appdir: str, host_libraries: Sequence[str]):
     return result
 
 
+def _readable_elf(path: str):
+    """The ELF object at ``path``, or None when it is not one Spack's visitor would read
+    (not ELF, unparsable, unreadable): that visitor skips such files."""
+    try:
+        return read_elf(path)
+    except (ClosureError, OSError):
+        return None
+
+
 def _loads(obj, path: str) -> bool:
-    candidate = read_elf(path) if os.path.isfile(path) else None
+    candidate = _readable_elf(path) if os.path.isfile(path) else None
     return candidate is not None and obj.can_load(candidate)
 
 
