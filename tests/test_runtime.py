@@ -13,9 +13,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
-from conftest import (cc, mounts_of, wait_for_line, wait_no_server, wait_nothing_left,
+from conftest import (cc, mounts_of, servers_of, wait_for_line, wait_no_server, wait_nothing_left,
                       wait_unmounted)
 from elftools.elf.elffile import ELFFile
 
@@ -485,6 +486,31 @@ def test_extract_never_follows_a_planted_symlink(image, tmp_path):
     assert result.returncode == 1
     assert "t.app: cannot extract data into squashfs-root: Not a directory" in result.stderr
     assert os.listdir(victim) == []
+
+
+def test_a_busy_mount_does_not_make_the_server_spin(image):
+    """APPIMAGE_IDLE_MS=0 (as the benchmarks set it) and a process working inside the
+    mount without the users lock: each unmount attempt fails, and the server retries
+    about once a second rather than at once (which burned a core)."""
+    process = subprocess.Popen([image, "wait"], stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, APPIMAGE_IDLE_MS="0"))
+    wait_for_line(process, "ready")
+    [mount] = mounts_of(image)
+    point = mount.split()[4]
+    squatter = subprocess.Popen(["sleep", "60"], cwd=point)  # holds no users lock
+    try:
+        process.terminate()
+        process.wait()
+        time.sleep(3)
+        [server] = [pid for pid in servers_of(image)
+                    if os.readlink(f"/proc/{pid}/exe") == os.path.realpath(image)]
+        with open(f"/proc/{server}/stat") as f:
+            ticks = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+        assert mounts_of(image) and ticks < 30, ticks  # spinning took ~75 ticks in 3 s
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert wait_unmounted(image)
 
 
 def test_the_server_keeps_none_of_the_callers_descriptors(image):

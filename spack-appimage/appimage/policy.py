@@ -64,7 +64,9 @@ GPU_DRIVERS = (
 
 #: Debian's multiarch triplet of each architecture (its library directories' last part).
 MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
-             "ppc64le": "powerpc64le-linux-gnu"}
+             "ppc64le": "powerpc64le-linux-gnu", "riscv64": "riscv64-linux-gnu",
+             "s390x": "s390x-linux-gnu", "i686": "i386-linux-gnu",
+             "armv7l": "arm-linux-gnueabihf"}
 
 
 def loader_dirs(machine: str) -> Tuple[str, ...]:

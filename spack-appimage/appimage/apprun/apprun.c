@@ -180,8 +180,8 @@ static void *map_file(const char *path, size_t *size) {
 #define CACHE_DEFAULT_ID 0x0a03
 #elif defined(__powerpc64__)
 #define CACHE_DEFAULT_ID 0x0503
-#else
-#define CACHE_DEFAULT_ID 0x0003
+#else /* an architecture whose ID is not listed here: every entry counts */
+#define CACHE_DEFAULT_ID (-1)
 #endif
 
 /* glibc's /etc/ld.so.cache ("glibc-ld.so.cache1.1", possibly after the old format):
@@ -214,7 +214,8 @@ static const char *ld_cache_lookup(const char *name) {
         memcpy(&flags, cache_entries + i * 24, 4);
         memcpy(&key, cache_entries + i * 24 + 4, 4);
         memcpy(&value, cache_entries + i * 24 + 8, 4);
-        if ((flags == 1 || flags == CACHE_DEFAULT_ID) && strings + key < cache + size &&
+        if ((CACHE_DEFAULT_ID == -1 || flags == 1 || flags == CACHE_DEFAULT_ID) &&
+            strings + key < cache + size &&
             !strcmp(strings + key, name) &&
             strings + value < cache + size) {
             snprintf(found, sizeof found, "%s", strings + value);

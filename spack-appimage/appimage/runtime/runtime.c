@@ -437,6 +437,7 @@ static const struct fuse_lowlevel_ops ops = {
 };
 
 static int find_fusermount(char *out, size_t cap);
+static int is_mounted(const char *mnt);
 
 /* 0 when `mnt` was unmounted, -1 if it is busy or the unmount failed. */
 static int unmount_now(const char *mnt) {
@@ -486,6 +487,10 @@ struct server {
     int unmounted;         /* the watcher unmounted and removed the mount's directory */
 };
 
+/* After an unmount found the mount busy (a process inside it without the users lock),
+   the watcher tries again after this long at the least, whatever the idle time. */
+#define BUSY_RETRY_MS 1000
+
 static void sleep_ms(long ms) {
     struct timespec left = {ms / 1000, ms % 1000 * 1000000L};
     while (nanosleep(&left, &left) && errno == EINTR) continue;
@@ -493,33 +498,37 @@ static void sleep_ms(long ms) {
 
 /* Unmounts once no app has held the users lock for idle_ms, without polling: it sleeps
    in a blocking flock until the last app has left (the kernel wakes it), then once for
-   idle_ms, then checks. Launchers touch the users file as they arrive (join_mount), so
-   an app that came and went during that sleep shows in its mtime, and the wait starts
-   over. The mount lock is taken first, so no launcher is between "is it mounted?" and
-   taking its users lock. */
+   idle_ms, then checks. Holding the lock alone, it sets the users file's mtime to 0;
+   launchers touch the file as they arrive (join_mount), so an app that came and went
+   during that sleep shows as a non-zero mtime whatever the clock's granularity, and the
+   wait starts over. The mount lock is taken first, so no launcher is between "is it
+   mounted?" and taking its users lock. */
 static void *watch_users(void *arg) {
     struct server *s = arg;
+    static const struct timespec epoch[2] = {{0, 0}, {0, 0}};
+    long pause = s->idle_ms;
     for (;;) {
         if (flock(s->users, LOCK_EX)) {
             if (errno == EINTR) continue;
             return NULL; /* cannot watch: the mount stays until the kernel ends it */
         }
-        struct stat idle_start, now;
-        int stamped = !fstat(s->users, &idle_start);
+        int stamped = !futimens(s->users, epoch);
         (void)flock(s->users, LOCK_UN); /* launchers must not wait on this lock */
-        sleep_ms(s->idle_ms);
+        sleep_ms(pause);
+        pause = s->idle_ms;
         pthread_mutex_lock(&s->mutex);
+        struct stat now;
         int idle = !s->loop_done && stamped && !flock(s->lock, LOCK_EX | LOCK_NB);
         if (idle && flock(s->users, LOCK_EX | LOCK_NB)) {
             idle = 0; /* an app is running */
-        } else if (idle && (fstat(s->users, &now) ||
-                            now.st_mtim.tv_sec != idle_start.st_mtim.tv_sec ||
-                            now.st_mtim.tv_nsec != idle_start.st_mtim.tv_nsec)) {
+        } else if (idle && (fstat(s->users, &now) || now.st_mtim.tv_sec || now.st_mtim.tv_nsec)) {
             idle = 0; /* an app came and went while we slept: wait idle_ms again */
         }
         /* Not lazy: a process still inside the mount without the users lock (a daemon
            that closed its fds) makes it busy, and the server keeps serving. */
-        if (idle && unmount_now(s->mnt) == 0) {
+        if (idle && unmount_now(s->mnt) != 0) {
+            pause = s->idle_ms > BUSY_RETRY_MS ? s->idle_ms : BUSY_RETRY_MS;
+        } else if (idle) {
             fuse_session_exit(s->se); /* the loop's threads get ENODEV and return */
             /* Nothing stays: a launcher waiting on a lock finds it unlinked once it
                gets it, and starts over (join_mount). */
@@ -567,7 +576,9 @@ static void serve(const struct image *img, const char *dir, const char *mnt, int
                        .lock = open_lock(dir, "lock"), .users = open_lock(dir, "users"),
                        .mutex = PTHREAD_MUTEX_INITIALIZER};
     const char *idle = getenv("APPIMAGE_IDLE_MS");
-    if (idle) s.idle_ms = atol(idle);
+    char *end;
+    long value = idle ? strtol(idle, &end, 10) : -1;
+    if (idle && *idle && !*end && value >= 0) s.idle_ms = value; /* else the default */
     if (s.lock < 0 || s.users < 0) refuse(ready, "cannot open the locks in %s", dir);
     sqfs_ll *ll = sqfs_ll_open(img->path, img->offset);
     if (!ll) refuse(ready, "cannot open the squashfs in %s", img->path);
@@ -599,7 +610,8 @@ static void serve(const struct image *img, const char *dir, const char *mnt, int
        make them look taken. */
     pthread_mutex_lock(&s.mutex);
     s.loop_done = 1;
-    if (!s.unmounted && !flock(s.lock, LOCK_EX | LOCK_NB) && !flock(s.users, LOCK_EX | LOCK_NB))
+    if (!s.unmounted && !flock(s.lock, LOCK_EX | LOCK_NB) &&
+        !flock(s.users, LOCK_EX | LOCK_NB) && !is_mounted(mnt)) /* not a newer server's */
         remove_mount_dir(dir);
     _exit(0);
 }
@@ -667,8 +679,9 @@ static void close_descriptors(int low, int keep) {
         closedir(d);
         return;
     }
+    /* Capped: a container's limit can be 2^30, a billion close() calls. */
     struct rlimit limit;
-    long max = getrlimit(RLIMIT_NOFILE, &limit) || limit.rlim_cur == RLIM_INFINITY
+    long max = getrlimit(RLIMIT_NOFILE, &limit) || limit.rlim_cur > 65536
                    ? 65536 : (long)limit.rlim_cur;
     for (int fd = low; fd < max; fd++)
         if (fd != keep) close(fd);
@@ -688,7 +701,9 @@ static int start_server(const struct image *img, const char *dir, const char *mn
     if (first == 0) {
         /* Nothing of the caller's stays open in the server: not the launcher's locks,
            not a job's lock or a pipe someone waits on for end-of-file. */
-        int ready = pipefd[1];
+        /* Above 0-2, which /dev/null replaces below (a caller may have closed them). */
+        int ready = pipefd[1] > 2 ? pipefd[1] : fcntl(pipefd[1], F_DUPFD_CLOEXEC, 3);
+        if (ready < 0) _exit(1);
         close_descriptors(3, ready);
         /* A failure here ends the server before "R": the launcher reports it died. */
         if (setsid() < 0) _exit(1);
@@ -728,10 +743,17 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
     if (mkdir(dir, 0700) && errno != EEXIST)
         return snprintf(why, wcap, "mkdir %s: %s", dir, strerror(errno)), -1;
     int users, lock;
-    for (;;) {
+    for (int attempt = 0;; attempt++) {
         users = open_lock(dir, "users"), lock = open_lock(dir, "lock");
-        if (users < 0 || lock < 0)
-            return snprintf(why, wcap, "cannot create locks in %s", dir), -1;
+        if (users < 0 || lock < 0) {
+            int error = errno;
+            if (users >= 0) close(users);
+            if (lock >= 0) close(lock);
+            /* A server removed the directory between our mkdir and open: again. */
+            if (error == ENOENT && attempt < 100 && !(mkdir(dir, 0700) && errno != EEXIST))
+                continue;
+            return snprintf(why, wcap, "cannot create locks in %s: %s", dir, strerror(error)), -1;
+        }
         if (flock(users, LOCK_SH) || flock(lock, LOCK_EX)) {
             snprintf(why, wcap, "cannot lock %s: %s", dir, strerror(errno));
             close(users), close(lock);
