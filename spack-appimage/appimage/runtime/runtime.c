@@ -544,20 +544,6 @@ static void *watch_users(void *arg) {
     }
 }
 
-/* `value` as one item of a FUSE option list: libfuse and fusermount3 split the list at
-   commas and read a backslash as escaping the next character, so an image path with a
-   comma could otherwise add options (",allow_other"). */
-static int escape_option(const char *value, char *out, size_t cap) {
-    size_t n = 0;
-    for (; *value; value++) {
-        if (n + 3 > cap) return -1;
-        if (*value == ',' || *value == '\\') out[n++] = '\\';
-        out[n++] = *value;
-    }
-    out[n] = '\0';
-    return 0;
-}
-
 /* Tells the launcher why the server cannot serve ("E<message>"), and exits. */
 static void refuse(int ready, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 static void refuse(int ready, const char *fmt, ...) {
@@ -582,14 +568,18 @@ static void serve(const struct image *img, const char *dir, const char *mnt, int
     if (s.lock < 0 || s.users < 0) refuse(ready, "cannot open the locks in %s", dir);
     sqfs_ll *ll = sqfs_ll_open(img->path, img->offset);
     if (!ll) refuse(ready, "cannot open the squashfs in %s", img->path);
-    char fsname[2 * PATH_MAX], options[2 * PATH_MAX + 128];
-    if (escape_option(img->path, fsname, sizeof fsname)) refuse(ready, "image path too long");
-    char found[PATH_MAX];
+    char found[PATH_MAX], fsname[PATH_MAX + 8];
     /* root without fusermount3 mounts with mount(2); auto_unmount needs fusermount3 */
     int auto_unmount = !(getuid() == 0 && find_fusermount(found, sizeof found) &&
                          access("/usr/bin/fusermount3", X_OK));
-    snprintf(options, sizeof options, "ro,nodev,nosuid,%sfsname=%s,subtype=spack-appimage",
-             auto_unmount ? "auto_unmount," : "", fsname);
+    /* libfuse and fusermount3 split options at commas: the image path is escaped, or a
+       directory named "a,allow_other" would add that option. */
+    char *options = NULL;
+    if (path_printf(fsname, sizeof fsname, "fsname=%s", img->path) ||
+        fuse_opt_add_opt(&options, "ro,nodev,nosuid,subtype=spack-appimage") ||
+        (auto_unmount && fuse_opt_add_opt(&options, "auto_unmount")) ||
+        fuse_opt_add_opt_escaped(&options, fsname))
+        refuse(ready, "cannot make the mount options for %s", img->path);
     char *argv[] = {(char *)prog, "-o", options, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, argv);
     s.se = fuse_session_new(&args, &ops, sizeof ops, ll);
