@@ -1,6 +1,6 @@
 """AppRun: the compiled dispatcher at the AppDir root, and its entry table.
 
-The C source (``apprun/apprun.c``) is compiled once per source and compiler and cached
+The C source (``apprun/*.c``) is compiled once per source and compiler and cached
 (``toolchain``), so images need no compiler run after the first. It is linked statically
 when the C library allows it (glibc's libc.a), so the AppRun of an image does not itself
 limit which host glibc the image runs on.
@@ -14,7 +14,8 @@ from typing import Optional, Sequence, Tuple
 
 from . import toolchain
 
-SOURCE = os.path.join(os.path.dirname(__file__), "apprun", "apprun.c")
+#: AppRun's C files (one concern each) and headers.
+SOURCES = toolchain.sources_of(os.path.join(os.path.dirname(__file__), "apprun"))
 
 #: Where AppRun reads its entries, relative to the AppDir.
 TABLE = os.path.join(".appimage", "entries")
@@ -95,4 +96,4 @@ def install(appdir: str, entries: Sequence, points: Sequence[EntryPoint], librar
 
 def build() -> str:
     """Path of the compiled AppRun: static when glibc's libc.a is there, else dynamic."""
-    return toolchain.compile_cached("apprun", SOURCE, [["-O2", "-static"], ["-O2"]])
+    return toolchain.compile_cached("apprun", SOURCES, [["-O2", "-static"], ["-O2"]])

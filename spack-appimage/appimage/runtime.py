@@ -1,4 +1,4 @@
-"""The project's AppImage runtime, compiled from ``runtime/runtime.c`` on first use.
+"""The project's AppImage runtime, compiled from ``runtime/*.c`` on first use.
 
 It links squashfuse (low-level ops) and libfuse 3 statically, with the compression
 libraries squashfuse was built with, so at run time it needs only the kernel, glibc's
@@ -21,7 +21,8 @@ from . import toolchain
 from .assemble import stamp_magic
 from .errors import ToolError
 
-SOURCE = os.path.join(os.path.dirname(__file__), "runtime", "runtime.c")
+#: The runtime's C files (one concern each) and headers.
+SOURCES = toolchain.sources_of(os.path.join(os.path.dirname(__file__), "runtime"))
 
 #: Needed; pkg-config module names.
 REQUIRED = ("squashfuse_ll", "squashfuse", "fuse3")
@@ -117,5 +118,5 @@ def build() -> str:
     cflags, archives = _pkg_config(list(REQUIRED) + _available(COMPRESSION, extra), extra)
     link = ["-Wl,--start-group", *archives, "-Wl,--end-group", "-lpthread", "-ldl"]
     args = ["-O2", "-static", *cflags, *link]
-    return toolchain.compile_cached("runtime", SOURCE, [args], key_inputs=archives,
+    return toolchain.compile_cached("runtime", SOURCES, [args], key_inputs=archives,
                                     finish=_finish)

@@ -49,21 +49,30 @@ def _compiler_identity(cc: str) -> bytes:
         raise ToolError(f"the C compiler {cc} does not run: {e}") from e
 
 
+def sources_of(directory: str) -> List[str]:
+    """The C files of a program that grows by concern, one file each (``*.c``, compiled
+    together), and its headers (``*.h``, part of the cache key only), sorted so the key
+    does not depend on the directory's order."""
+    names = sorted(os.listdir(directory))
+    return [os.path.join(directory, n) for n in names if n.endswith((".c", ".h"))]
+
+
 def compile_cached(
     name: str,
-    source: str,
+    sources: Sequence[str],
     attempts: Sequence[Sequence[str]],
     key_inputs: Sequence[str] = (),
     finish: Optional[Callable[[str], None]] = None,
 ) -> str:
-    """Path of ``name`` compiled from ``source``, from the cache or built now.
+    """Path of ``name`` compiled from ``sources`` (C files and headers), from the cache
+    or built now.
 
     ``attempts`` are argument lists tried in order (e.g. static, then dynamic); the first
     that links wins. ``key_inputs`` are files (libraries) whose content is part of the
     key. ``finish`` post-processes the linked file before it enters the cache."""
     cc = c_compiler()
     digest = hashlib.sha256()
-    for path in [source, *key_inputs]:
+    for path in [*sources, *key_inputs]:
         with open(path, "rb") as f:
             digest.update(f.read())
     digest.update(cc.encode() + _compiler_identity(cc) + repr(list(attempts)).encode())
@@ -77,7 +86,8 @@ def compile_cached(
     try:
         errors: List[str] = []
         for args in attempts:
-            result = subprocess.run([cc, "-o", tmp, source, *args], capture_output=True,
+            compiled = [s for s in sources if s.endswith(".c")]
+            result = subprocess.run([cc, "-o", tmp, *compiled, *args], capture_output=True,
                                     text=True)
             if result.returncode == 0:
                 break
