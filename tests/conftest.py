@@ -528,6 +528,109 @@ def slurm(tmp_path_factory):
         cluster.stop()
 
 
+class OrdinaryUser:
+    """A real user of this machine, whose commands run as on a shared cluster node: without
+    root, mounting through the setuid ``fusermount3``.
+
+    Debian's ``/dev/fuse`` is root's alone (0600), while cluster nodes open it to all:
+    commands run inside a private mount namespace (kept alive by a holder process) where a
+    0666 node of the same device is bound over ``/dev/fuse``; the host's stays as it is.
+    The FUSE mounts a user makes live in that namespace: read them with
+    :meth:`mounts_of` (the root namespace does not see them). Files are shared with the
+    host (the namespace only has other mounts), so a test may plant or inspect files from
+    the test process as root."""
+
+    def __init__(self, name: str, namespace: "FuseNamespace"):
+        self.name = name
+        if subprocess.run(["id", "-u", name], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        self.uid, self.gid, self.home = entry.pw_uid, entry.pw_gid, entry.pw_dir
+        self.namespace = namespace
+
+    def argv(self, argv):
+        """``argv`` as this user in the namespace (no supplementary groups of root's)."""
+        return ["nsenter", "-t", str(self.namespace.pid), "-m", "--",
+                "setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+                "--", *argv]
+
+    def env(self, env=None):
+        """A login-like environment: nothing of root's, plus ``env``."""
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.home, "USER": self.name,
+                "LOGNAME": self.name, "LANG": "C.UTF-8", **(env or {})}
+
+    def run(self, argv, env=None, **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("cwd", "/")
+        return subprocess.run(self.argv(argv), env=self.env(env), **kwargs)
+
+    def popen(self, argv, env=None, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("cwd", "/")
+        return subprocess.Popen(self.argv(argv), env=self.env(env), **kwargs)
+
+    def mounts_of(self, image):
+        """Lines of the namespace's mount table that name ``image``."""
+        return self.namespace.mounts_of(image)
+
+    def wait_unmounted(self, image, seconds=10):
+        return _gone(self.mounts_of, image, seconds)
+
+
+class FuseNamespace:
+    """A private mount namespace in which ``/dev/fuse`` is usable by every user (see
+    :class:`OrdinaryUser`), held open by a process until :meth:`stop`."""
+
+    SCRIPT = """
+        set -e
+        mount -t tmpfs -o mode=0755,size=64k tmpfs "$1"
+        mknod -m 0666 "$1/fuse" c 10 229
+        mount --bind "$1/fuse" /dev/fuse
+        echo ready
+        exec sleep infinity
+    """
+
+    def __init__(self):
+        _require("fusermount3", "apt-get install fuse3 (see .ci/run)")
+        self.node_dir = tempfile.mkdtemp(prefix="fuse-node-")
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", self.SCRIPT, "sh",
+             self.node_dir], stdout=subprocess.PIPE, text=True)
+        wait_for_line(self.holder, "ready", seconds=30)
+        self.pid = self.holder.pid
+
+    def mounts_of(self, image):
+        with open(f"/proc/{self.pid}/mountinfo") as f:
+            return [line for line in f if image in line]
+
+    def stop(self):
+        self.holder.kill()
+        self.holder.wait()
+        os.rmdir(self.node_dir)
+
+
+@pytest.fixture(scope="session")
+def fuse_namespace():
+    namespace = FuseNamespace()
+    yield namespace
+    namespace.stop()
+
+
+@pytest.fixture(scope="session")
+def ordinary_user(fuse_namespace):
+    """A real, non-root user (``aitest``) whose commands mount through the setuid
+    fusermount3 (:class:`OrdinaryUser`)."""
+    return OrdinaryUser("aitest", fuse_namespace)
+
+
+@pytest.fixture(scope="session")
+def other_user(fuse_namespace):
+    """A second real user (``aiother``) on the same node: the one who plants things."""
+    return OrdinaryUser("aiother", fuse_namespace)
+
+
 @pytest.fixture(scope="session")
 def stub_runtime(tmp_path_factory):
     """A stand-in type-2 runtime (see tests/data/stub_runtime.c), built with gcc."""

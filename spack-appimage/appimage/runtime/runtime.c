@@ -58,11 +58,12 @@
 #include <squashfuse/ll.h>
 #include <squashfuse/file.h>
 
+#include "runtime.h"
+
 #ifndef RUNTIME_VERSION
 #define RUNTIME_VERSION "spack-appimage"
 #endif
 
-#define EXIT_RUNTIME 127
 #define FUSE_SUPER_MAGIC 0x65735546
 #define IDLE_MS_DEFAULT 500
 /* Seconds the kernel may remember that a name is absent (a day: the image is immutable). */
@@ -79,8 +80,8 @@ char sha256_sig[1024] SECTION(".sha256_sig") = {0};
 char sig_key[8192] SECTION(".sig_key") = {0};
 char image_id[128] SECTION(".spack_appimage_id") = {0};
 
-static const char *prog = "appimage";
-static int verbose;
+const char *prog = "appimage";
+int verbose;
 
 static void vmessage(const char *fmt, va_list ap) {
     fprintf(stderr, "%s: ", prog);
@@ -89,8 +90,7 @@ static void vmessage(const char *fmt, va_list ap) {
 }
 
 /* A runtime failure: "<image>: <message>", exit 127. */
-static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die(const char *fmt, ...) {
+void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vmessage(fmt, ap);
@@ -99,8 +99,7 @@ static void die(const char *fmt, ...) {
 }
 
 /* What the runtime decides, with VERBOSE set. */
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
+void say(const char *fmt, ...) {
     if (!verbose) return;
     va_list ap;
     va_start(ap, fmt);
@@ -110,8 +109,7 @@ static void say(const char *fmt, ...) {
 
 /* Formats a path into out; -1 (errno ENAMETOOLONG, out empty) when it does not fit:
    a truncated path would name another file. */
-static int path_printf(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int path_printf(char *out, size_t cap, const char *fmt, ...) {
+int path_printf(char *out, size_t cap, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(out, cap, fmt, ap);
