@@ -17,6 +17,27 @@ def test_loaded_through_config_extensions(site):
     assert "spack -e sirius appimage --entry sirius.scf" in site("appimage", "--help").stdout
 
 
+def test_the_clones_root_is_an_extension_path_too(site, tmp_path):
+    """Registering the clone (named spack-appimage, as git names it) instead of its
+    spack-appimage/ directory is a natural mistake: the root's ``appimage`` link makes it
+    load the same extension, instead of breaking every Spack command of that scope."""
+    clone = tmp_path / "spack-appimage"
+    clone.symlink_to(ROOT)
+    config = tmp_path / "config"
+    config.mkdir()
+    for name in ("repos.yaml", "config.yaml", "packages.yaml"):
+        text = open(os.path.join(site.root, "config", name)).read()
+        (config / name).write_text(text.split("  extensions:")[0])
+    with open(config / "config.yaml", "a") as f:
+        f.write(f"  extensions:\n  - {clone}\n")
+    env = dict(site.env_vars, SPACK_USER_CONFIG_PATH=str(config))
+    result = subprocess.run(["spack", "-e", site.env, "appimage", "--entry", "ai-origin",
+                             "--dry-run"], env=env, capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "libpriv.so" in result.stdout
+
+
 def test_loaded_through_the_pip_entry_point(site, tmp_path):
     """pip install into the Python that runs Spack (here a venv on top of it), and no
     config:extensions: Spack finds the command through the entry point."""

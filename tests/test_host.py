@@ -3,6 +3,7 @@ cannot see (plugins, --include), data rules, script entries, and the checks AppR
 makes before it runs an entry. Real Spack, real Debian OpenMPI as an external, real runs."""
 
 import glob
+import json
 import os
 import platform
 import shutil
@@ -129,6 +130,15 @@ def test_script_entries_run_with_the_bundled_interpreter(site, tmp_path):
             sbang = subprocess.run([image, "say-sbang"], capture_output=True, text=True,
                                    env=env)
             assert sbang.stdout == "via sbang\nargs:\n", sbang.stderr
+
+
+def test_the_shebang_of_a_script_entry_is_not_reported_as_naming_the_store(site, tmp_path):
+    """AppRun runs a script entry with its bundled interpreter: its #! line (and the sbang
+    form's two lines), though they name the store, are never read by the kernel."""
+    report = json.loads(site("appimage", "--entry", "say-hello", "--entry", "say-sbang",
+                             "--dry-run", "--json", env=site.env, cwd=tmp_path).stdout)
+    reported = [p for leak in report["store_paths"] for p in leak["paths"]]
+    assert not [p for p in reported if p.endswith(("/say-hello", "/say-sbang"))], reported
 
 
 def test_script_whose_interpreter_is_nowhere_is_an_error(site, tmp_path):

@@ -47,19 +47,34 @@ def read_shebang(path: str) -> Optional[Tuple[str, Optional[str]]]:
     ``#!/bin/sh <store>/bin/sbang`` and the real shebang on the second) and through pip's
     exec shim (console scripts of ``py-*`` packages in a deep store); None if ``path`` is
     not a script. Like the kernel, everything after the interpreter is one argument."""
+    parsed = _parse_shebang(path)
+    return parsed[:2] if parsed else None
+
+
+def shebang_length(path: str) -> int:
+    """Bytes of the lines :func:`read_shebang` reads (0 for a file that is no script):
+    a script entry runs as its bundled interpreter with the script as argument (AppRun),
+    so nothing reads the store paths in those lines."""
+    parsed = _parse_shebang(path)
+    return parsed[2] if parsed else 0
+
+
+def _parse_shebang(path: str) -> Optional[Tuple[str, Optional[str], int]]:
     with open(path, "rb") as f:
         head = f.read(4096)
     if not head.startswith(b"#!"):
         return None
     lines = head.split(b"\n")
+    used = len(lines[0]) + 1
     first = lines[0][2:].decode(errors="replace").strip()
     if first.split()[-1:] and os.path.basename(first.split()[-1]) == "sbang" and len(lines) > 1:
         first = lines[1].lstrip(b"#!").decode(errors="replace").strip()
+        used += len(lines[1]) + 1
     shim = _PIP_SHIM.match(lines[1]) if len(lines) > 1 and first == "/bin/sh" else None
     if shim:
-        return shim.group(1).decode(errors="replace"), None
+        return shim.group(1).decode(errors="replace"), None, used + len(lines[1]) + 1
     interpreter, _, argument = first.partition(" ")
-    return interpreter, argument.strip() or None
+    return interpreter, argument.strip() or None, used
 
 
 def link_run_nodes(env) -> List:

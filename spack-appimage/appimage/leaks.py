@@ -10,7 +10,8 @@ Searched: every staged file, the bytes a program can read. For ELF files those a
 sections loaded into memory, minus ``.dynstr`` (its RPATHs are relocated and audited
 separately); debug sections name build and source directories that nothing reads at
 run time. Not searched: ``.pyc`` files, whose only store path is the source file name
-compiled into the code objects, which only tracebacks show.
+compiled into the code objects, which only tracebacks show; the ``#!`` lines of script
+entries, which AppRun runs with their bundled interpreter instead.
 
 The store root is a plain byte string, so this is a substring search (``bytes.find``)
 rather than Spack's relocation regex (``spack.relocate_text``), which also captures the
@@ -20,9 +21,10 @@ characters around each match for the replacement it is made for.
 import mmap
 import os
 import struct
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 from .elf import loaded_sections
+from .entries import shebang_length
 
 #: ELF sections searched although loaded: the dynamic string table holds RPATH/RUNPATH.
 _RELOCATED_SECTIONS = (".dynstr",)
@@ -31,14 +33,15 @@ _RELOCATED_SECTIONS = (".dynstr",)
 SKIPPED_SUFFIXES = (".pyc",)
 
 
-def names_store(path: str, store: bytes) -> bool:
-    """Whether the file at ``path`` names ``store`` where a program could read it."""
+def names_store(path: str, store: bytes, skip: int = 0) -> bool:
+    """Whether the file at ``path`` names ``store`` where a program could read it, past
+    its first ``skip`` bytes."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return False
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             if data[:4] != b"\x7fELF":
-                return data.find(store) >= 0
+                return data.find(store, skip) >= 0
             hits = _occurrences(data, store)
             if not hits:
                 return False
@@ -58,12 +61,17 @@ def _occurrences(data, store: bytes) -> List[int]:
     return hits
 
 
-def find(files: Dict[str, str], owner_label, store_root: str) -> Dict[str, List[str]]:
+def find(files: Dict[str, str], owner_label, store_root: str,
+         script_entries: Iterable[str] = ()) -> Dict[str, List[str]]:
     """owner label -> AppDir paths of the planned ``files`` (AppDir path -> host file)
-    that name ``store_root``. ``owner_label(dest)`` is the label of a file's spec."""
+    that name ``store_root``. ``owner_label(dest)`` is the label of a file's spec;
+    ``script_entries`` are the host paths of script entries, whose ``#!`` lines are not
+    searched."""
     store = store_root.rstrip(os.sep).encode() + os.sep.encode()
+    scripts = {os.path.realpath(p) for p in script_entries}
     found: Dict[str, List[str]] = {}
     for dest, src in sorted(files.items()):
-        if not dest.endswith(SKIPPED_SUFFIXES) and names_store(src, store):
+        skip = shebang_length(src) if os.path.realpath(src) in scripts else 0
+        if not dest.endswith(SKIPPED_SUFFIXES) and names_store(src, store, skip):
             found.setdefault(owner_label(dest), []).append(dest)
     return found

@@ -68,6 +68,7 @@ def collect(result, layout, always_there) -> dict:
             "specs": len(result.plan.spec_labels()),
             "host_libraries": len(host),
             "excluded": len(result.plan.excluded),
+            "skipped_links": len(result.plan.skipped),
         },
     }
 
@@ -124,16 +125,18 @@ def text(report: dict) -> str:
         lines.append("included:")
         lines += _grouped_lines([(owner_of_dest(i["path"]), i["reason"], i["path"])
                                  for i in report["included"]])
-    lines.append(f"bundled bytes per spec:  {'binaries':>12} {'libraries':>12} "
-                 f"{'data':>12} {'total':>12}")
     totals = report["totals"]
-    for spec in report["specs"] + [dict(totals, owner="total", total=totals["bytes"])]:
-        lines.append(f"  {spec['owner']:50} " + " ".join(
+    rows = report["specs"] + [dict(totals, owner="total", total=totals["bytes"])]
+    width = max(len(r["owner"]) for r in rows + report["interpreters"])
+    lines.append("bundled bytes per spec:")
+    lines.append(f"  {'':{width}} " + " ".join(f"{k:>12}" for k in KINDS + ("total",)))
+    for spec in rows:
+        lines.append(f"  {spec['owner']:{width}} " + " ".join(
             f"{spec[k]:>12,}" for k in KINDS + ("total",)))
     if report["interpreters"]:
         lines.append("interpreters and extensions:")
-        lines += [f"  {i['owner']:50} {i['bytes']:>12,}  {i['role']}: {', '.join(i['trees'])}"
-                  for i in report["interpreters"]]
+        lines += [f"  {i['owner']:{width}} {i['bytes']:>12,}  {i['role']}: "
+                  f"{', '.join(i['trees'])}" for i in report["interpreters"]]
     if report["run_environment"]:
         lines.append("run environment (set by AppRun):")
         lines += [f"  {c['op']} {c['name']} {c['value']}".rstrip()
@@ -149,11 +152,18 @@ def text(report: dict) -> str:
     lines += _grouped_lines([(e["owner"], e["rule"], e["path"]) for e in report["excluded"]])
     lines += [f"  {s['path']}  [{s['reason']}]" for s in report["skipped_links"]]
     lines.append(
-        f"total: {totals['files']} files and {totals['links']} links, {totals['bytes']:,} "
-        f"bytes from {totals['specs']} specs; {totals['host_libraries']} libraries from "
-        f"the host; {totals['excluded']} paths left out"
+        f"total: {plural(totals['files'], 'file')} and {plural(totals['links'], 'link')}, "
+        f"{totals['bytes']:,} bytes from {plural(totals['specs'], 'spec')}; "
+        f"{plural(totals['host_libraries'], 'library', 'libraries')} from the host; "
+        f"{plural(totals['excluded'], 'path')} and "
+        f"{plural(totals['skipped_links'], 'link')} left out"
     )
     return "\n".join(lines)
+
+
+def plural(count: int, one: str, many: str = "") -> str:
+    """``1 file``, ``2 files``."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 #: A rule that adds or leaves out more paths of one spec than this is shown as one line.

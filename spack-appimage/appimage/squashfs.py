@@ -15,7 +15,8 @@ import subprocess
 import sys
 from typing import Iterable, Iterator, Optional
 
-from .errors import INTERRUPT_SIGNALS, ToolError
+from . import installed
+from .errors import FULL_DISK, INTERRUPT_SIGNALS, ToolError
 
 COMPRESSIONS = ("gzip", "xz", "lz4", "zstd")
 
@@ -26,14 +27,9 @@ BLOCK_SIZE = "128K"
 
 
 def find_mksquashfs(specs: Iterable) -> str:
-    import spack.store
     import spack.util.executable
 
-    candidates = [s for s in specs if s.name == "squashfs"]
-    try:
-        candidates += spack.store.STORE.db.query("squashfs", installed=True)
-    except Exception:  # an unreadable database must not hide mksquashfs on PATH
-        pass
+    candidates = [s for s in specs if s.name == "squashfs"] + installed.named("squashfs")
     for spec in candidates:
         found = spack.util.executable.which_string("mksquashfs", path=[spec.prefix.bin])
         if found:
@@ -104,6 +100,9 @@ def make(
         else:
             output = process.stdout.read().decode(errors="replace")
     if process.returncode != 0:
+        for code in FULL_DISK:  # "Write failed because No space left on device"
+            if os.strerror(code) in output:
+                raise OSError(code, os.strerror(code))  # the caller knows where it writes
         detail = output.strip().splitlines()
         raise ToolError(
             f"mksquashfs failed (exit {process.returncode}): "
