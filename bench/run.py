@@ -41,7 +41,7 @@ import launch  # noqa: E402  (imports Spack and the extension)
 import tree  # noqa: E402
 
 from spack.extensions.appimage import (  # noqa: E402
-    build, closure, elf, entries, policy, runtime, squashfs,
+    build, closure, elf, entries, policy, relocate, runtime, squashfs,
 )
 from spack.extensions.appimage.layout import Layout  # noqa: E402
 
@@ -57,8 +57,8 @@ def pipeline(store, program, work, compression="zstd"):
     progress = build.Progress(build.STAGES, checkpoint=lambda: None, quiet=True)
     result = build.plan_image([entry], [], Layout.of_prefixes(tree.prefixes(store)),
                               policy.DEFAULT_POLICY, options, progress, store_root=store)
-    build.write_image(result, policy.DEFAULT_POLICY, options, progress, runtime.build(),
-                      squashfs.find_mksquashfs([]))
+    build.write_image(result, policy.DEFAULT_POLICY, options, progress, build.Tools(
+        runtime.build(), squashfs.find_mksquashfs([]), relocate.find_patchelf()))
     return progress.timings, len(result.plan.files)
 
 

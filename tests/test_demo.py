@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, externally_managed_python_without_pyelftools
 
 DEMO = os.path.join(ROOT, "demo", "run")
 
@@ -60,3 +60,18 @@ def test_missing_pyelftools_is_one_line_naming_the_install_command(tmp_path):
     python = venv / "bin" / "python3"
     assert result.stderr.splitlines() == [
         f"demo/run: pyelftools is missing: {python} -m pip install pyelftools"], result.stderr
+
+
+def test_pyelftools_advice_for_an_externally_managed_python(tmp_path):
+    """Spack run by Debian's system Python (SPACK_PYTHON), which refuses pip: the advice
+    is the distribution's package, or a venv."""
+    python = externally_managed_python_without_pyelftools()
+    env = dict(os.environ, SPACK_PYTHON=python)
+    env.pop("SPACK_ENV", None)
+    result = subprocess.run([DEMO, "--no-install"], env=env, capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "demo/run: pyelftools is missing: apt install python3-pyelftools (or a venv: "
+        "python3 -m venv ~/spack-venv && ~/spack-venv/bin/pip install pyelftools clingo "
+        "&& export SPACK_PYTHON=~/spack-venv/bin/python3)"], result.stderr

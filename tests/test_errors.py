@@ -195,7 +195,7 @@ def test_audit_catches_a_planted_absolute_rpath(tmp_path):
         relocate.audit(str(appdir), DEFAULT_POLICY.patterns, ["/opt/store"])
     assert "main: RPATH entry /opt/store/lib is not relative to $ORIGIN" in error.value.long_message
 
-    relocate.set_rpath(str(appdir / "main"), ["$ORIGIN/lib"], relocate.Patchelf())
+    relocate.set_rpath(str(appdir / "main"), ["$ORIGIN/lib"], relocate.find_patchelf())
     relocate.audit(str(appdir), DEFAULT_POLICY.patterns, ["/opt/store"])  # now clean
 
     os.remove(appdir / "lib" / "libq.so")

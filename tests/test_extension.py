@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import EXTENSION, ROOT
+from conftest import EXTENSION, ROOT, externally_managed_python_without_pyelftools
 
 
 def test_loaded_through_config_extensions(site):
@@ -87,6 +87,22 @@ def test_missing_pyelftools_is_one_line_naming_the_install_command(site, tmp_pat
     assert (f"==> Error: spack appimage needs pyelftools in the Python that runs Spack "
             f"({python}); install it: {python} -m pip install pyelftools") in result.stderr, \
         result.stderr
+
+
+def test_missing_pyelftools_in_an_externally_managed_python(site, tmp_path):
+    """Spack run by Debian's system Python (SPACK_PYTHON), which refuses pip: the error
+    names the distribution's package and the venv recipe, not a pip command that fails."""
+    python = externally_managed_python_without_pyelftools()
+    env = dict(site.env_vars, SPACK_PYTHON=python)
+    result = subprocess.run(["spack", "-e", site.env, "appimage", "--entry", "ai-hello"],
+                            env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr == (
+        f"==> Error: spack appimage needs pyelftools in the Python that runs Spack "
+        f"({python}); install it: apt install python3-pyelftools (or use a virtual "
+        "environment: python3 -m venv ~/spack-venv && ~/spack-venv/bin/pip install "
+        "pyelftools clingo && export SPACK_PYTHON=~/spack-venv/bin/python3)\n"), result.stderr
 
 
 #: A Spack older than the extension supports (.ci/run clones it from the git sources of

@@ -22,7 +22,9 @@ The pipeline runs one stage per module, each taking and returning plain data:
     assemble  runtime + squashfs, written atomically to the output path
 
 ``runtime`` and ``toolchain`` build the C programs (runtime, AppRun) and cache them;
-``settings`` reads ``config:appimage``; ``compat`` names the Spack APIs that moved
+``prerequisites`` names the install command of each tool a build needs on this system,
+and ``installed`` finds installed tools by name; ``scratch`` places the temporary
+AppDir and removes what killed builds left; ``settings`` reads ``config:appimage``; ``compat`` names the Spack APIs that moved
 between the releases the extension supports (0.23 to 1.x); ``build`` runs the stages in
 order; ``report`` shows a dry run; ``cmd/appimage.py`` parses arguments (and installs the
 environment with ``--install``).

@@ -7,15 +7,19 @@ or ``link`` when an existing file must not be replaced). A failed or interrupted
 leaves the output path as it was.
 """
 
+import fcntl
 import hashlib
 import os
+import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from . import scratch
 from .errors import OutputError, temporary
 
 MAGIC_OFFSET = 8
@@ -90,20 +94,25 @@ def output_file(output: str, force: bool, executable: bool = True) -> Iterator[s
     """Yield a temporary path next to ``output``; on success it becomes ``output``
     (mode 0755, or 0644 when not ``executable``).
 
-    The temporary's name carries the builder's PID, so the next build of the same output
-    removes what a killed build (SIGKILL, a lost node) left."""
+    The temporary's name carries the builder's PID and the builder holds its lock, so
+    later builds remove what a killed build (SIGKILL, a lost node) left
+    (:func:`scratch.remove_stale`, run first)."""
     output = os.path.abspath(output)
-    prefix = f".{os.path.basename(output)}.tmp-"
-    _remove_orphans(os.path.dirname(output), prefix)
+    directory = os.path.dirname(output)
+    scratch.remove_stale(directory)
+    locks = []
+
     def create() -> str:
-        fd, path = tempfile.mkstemp(dir=os.path.dirname(output),
-                                    prefix=f"{prefix}{os.getpid()}-")
-        os.close(fd)
+        fd, path = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(output)}.{scratch.PARTIAL}{os.getpid()}-")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # new: nobody else holds it
+        locks.append(fd)
         return path
 
     def remove(path: str) -> None:
         if os.path.lexists(path):
             os.unlink(path)
+        os.close(locks.pop())  # only once the file is gone
 
     with temporary(create, remove) as tmp:
         yield tmp
@@ -120,18 +129,6 @@ def write_runtime(runtime: str, target: str) -> None:
     """Copy the runtime over the first bytes of ``target``, left free by mksquashfs."""
     with open(runtime, "rb") as src, open(target, "rb+") as f:
         f.write(src.read())
-
-
-def _remove_orphans(directory: str, prefix: str) -> None:
-    for name in os.listdir(directory):
-        if not name.startswith(prefix):
-            continue
-        pid = name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass  # another build got there first
 
 
 def _link_without_replacing(tmp: str, output: str) -> None:
@@ -155,20 +152,52 @@ def section(path: str, name: str) -> Optional[Tuple[int, int]]:
         return (found["sh_offset"], found["sh_size"]) if found else None
 
 
+#: The squashfs superblock's size, and where it holds bytes_used and inode_table_start
+#: (little-endian 64-bit; squashfuse's squashfs_fs.h, struct squashfs_super_block).
+SUPERBLOCK = 96
+BYTES_USED, INODE_TABLE = 40, 64
+
+
+def squashfs_crcs(f, start: int) -> Tuple[int, int]:
+    """CRC-32s of the squashfs at ``start`` in ``f`` (the same bytes as runtime/verify.c's
+    squashfs_check): of its superblock and metadata (everything from the inode table to
+    ``bytes_used``, where mksquashfs writes all its tables), checked at each mount; and
+    of all of it (to ``bytes_used``), checked at each extraction."""
+    f.seek(start)
+    superblock = f.read(SUPERBLOCK)
+    (end,) = struct.unpack_from("<Q", superblock, BYTES_USED)
+    (tables,) = struct.unpack_from("<Q", superblock, INODE_TABLE)
+    whole, metadata, at = zlib.crc32(superblock), zlib.crc32(superblock), SUPERBLOCK
+    while at < end:
+        block = f.read(min(1 << 20, end - at))
+        if not block:
+            raise OutputError("the squashfs is shorter than its superblock says",
+                              "check free space where the output goes, then build again")
+        whole = zlib.crc32(block, whole)
+        if at + len(block) > tables:
+            metadata = zlib.crc32(block[max(0, tables - at):], metadata)
+        at += len(block)
+    return metadata, whole
+
+
 def stamp_image_id(image: str, runtime: str, id_section: str, unpacked_bytes: int) -> None:
-    """Write "<id> <unpacked bytes>" into the runtime's ID section of ``image``: the first
-    128 bits of the squashfs's SHA-256, so the runtime keys its extraction cache and
-    shared mount by content without hashing the file at every start. Runtimes without
-    the section (the official one) are left as they are."""
+    """Write "<id> <unpacked bytes> <metadata CRC> <squashfs CRC>" into the runtime's ID
+    section of ``image``: the first 128 bits of the squashfs's SHA-256, so the runtime keys
+    its extraction cache and shared mount by content without hashing the file at every
+    start; and :func:`squashfs_crcs`, which the runtime checks once per mount or extraction
+    before squashfuse reads anything (runtime/verify.c; runtime.c's open_image reads the
+    fields). Runtimes without the section (the official one) are left as they are."""
     where = section(runtime, id_section)
     if where is None:
         return
     offset, size = where
     digest = hashlib.sha256()
     with open(image, "rb+") as f:
-        f.seek(os.path.getsize(runtime))
+        start = os.path.getsize(runtime)
+        f.seek(start)
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-        text = f"{digest.hexdigest()[:32]} {unpacked_bytes}".encode()
+        metadata, whole = squashfs_crcs(f, start)
+        text = f"{digest.hexdigest()[:32]} {unpacked_bytes} {metadata:08x} {whole:08x}".encode()
         f.seek(offset)
         f.write(text + b"\0" * (size - len(text)))

@@ -8,19 +8,18 @@ runs before any file is copied, so a doomed build fails in seconds.
 
 import contextlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from . import apprun, assemble, bytecode, closure, desktop, entries, extras, interpreters, manifest
 from . import leaks, relocate, report, runenv
-from . import runtime, squashfs, stage
+from . import runtime, scratch, squashfs, stage
 from .compat import tty
-from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError, temporary
+from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError, Terminated
+from .errors import full_disk_names
 from . import policy as host_policy
 from .layout import Layout, owner_of_dest
 
@@ -133,12 +132,12 @@ class Progress:
 
 
 class _Interrupts:
-    """SIGINT and SIGTERM as exceptions (KeyboardInterrupt, :class:`Interrupted`), raised
-    at once so that every ``finally`` cleans up (temp dir, partial output), and raised
-    again at the next stage boundary (:meth:`check`) when the first was swallowed:
-    Python drops an exception raised while a ``__del__`` runs, and ``except Exception``
-    blocks catch :class:`Interrupted`, so without the second raise a build could go on
-    to succeed after a SIGTERM."""
+    """SIGINT, SIGTERM and SIGHUP as exceptions (KeyboardInterrupt, :class:`Interrupted`),
+    raised at once so that every ``finally`` cleans up (temp dir, partial output), and
+    raised again at the next stage boundary (:meth:`check`) when the first was swallowed:
+    Python drops an exception raised while a ``__del__`` runs, so without the second
+    raise a build could go on to succeed after a SIGTERM. Only the first signal raises
+    from the handler: a second one must not break off the cleanup the first started."""
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -147,29 +146,35 @@ class _Interrupts:
         if self.received == signal.SIGINT:
             raise KeyboardInterrupt
         if self.received is not None:
-            raise Interrupted(
-                f"terminated by {signal.Signals(self.received).name}",
-                "the partial image and the temporary files were removed",
-            )
+            raise Interrupted(self.received)
 
     def _handle(self, signum, frame):
+        if self.received is not None:
+            return
         self.received = signum
         self.check()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["_Interrupts"]:
-        previous = {s: signal.signal(s, self._handle) for s in INTERRUPT_SIGNALS}
+        """The handlers for the block; :class:`Interrupted` leaves it as the one-line
+        :class:`Terminated`, whenever it strikes (even while the handlers are set)."""
+        previous = {}
         try:
-            yield self
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            try:
+                for signum in INTERRUPT_SIGNALS:
+                    previous[signum] = signal.signal(signum, self._handle)
+                yield self
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+        except Interrupted as e:
+            raise Terminated(e.signum) from None
 
 
 @contextlib.contextmanager
 def _appdir(keep: Optional[str], size: int) -> Iterator[str]:
     """The AppDir: ``keep`` (``--keep-appdir``), else a temporary directory for ``size``
-    bytes of files (:func:`stage.scratch_parent` says where)."""
+    bytes of files (:func:`scratch.scratch_parent` says where)."""
     if keep:
         if os.path.lexists(keep) and (not os.path.isdir(keep) or os.listdir(keep)):
             raise OutputError(f"--keep-appdir {keep} exists and is not an empty directory",
@@ -177,9 +182,7 @@ def _appdir(keep: Optional[str], size: int) -> Iterator[str]:
         os.makedirs(keep, exist_ok=True)
         yield os.path.abspath(keep)
         return
-    parent = stage.scratch_parent(size)
-    with temporary(lambda: tempfile.mkdtemp(prefix="spack-appimage-", dir=parent),
-                   lambda path: shutil.rmtree(path, ignore_errors=True)) as path:
+    with scratch.appdir(scratch.scratch_parent(size)) as path:
         yield path
 
 
@@ -197,6 +200,7 @@ def run(env, options: Options) -> Result:
     """The image (or, with ``dry_run``, its report) of ``options.entries`` of ``env``."""
     started = time.perf_counter()
     with _Interrupts().installed() as interrupts:
+        desktop.check_names(options.output, options.entries)  # before they are printed
         nodes = entries.link_run_nodes(env)
         found = entries.find_all(options.entries, nodes)
         _check_default(options, found)
@@ -207,7 +211,7 @@ def run(env, options: Options) -> Result:
                                   "give the SBOM another file name")
             assemble.check_output(options.sbom, options.force, "--sbom")
         if not options.dry_run:
-            runtime_file, mksquashfs = _check_tools(options, nodes)
+            tools = _check_tools(options, nodes)
         policy = host_policy.for_environment(
             nodes, options.host_libs, options.bundle_libs, options.bundle_externals
         )
@@ -230,16 +234,27 @@ def run(env, options: Options) -> Result:
             if options.sbom:
                 _write_sbom(options, _manifest_of(result, options, None))
             return result
-        write_image(result, policy, options, progress, runtime_file, mksquashfs)
+        write_image(result, policy, options, progress, tools)
         return result
 
 
-def _check_tools(options: Options, nodes):
-    """The output path, the runtime and mksquashfs with its compression, checked before
-    anything is copied; returns (runtime file, mksquashfs)."""
+@dataclass
+class Tools:
+    """What writing an image takes besides Spack, found before the first stage."""
+
+    runtime: str
+    mksquashfs: str
+    patchelf: relocate.Patchelf
+
+
+def _check_tools(options: Options, nodes) -> Tools:
+    """The output path, the runtime, AppRun, mksquashfs with its compression and
+    patchelf, checked (and compiled or bootstrapped, with a line saying so) before
+    anything is copied, so a build that cannot finish fails in seconds."""
     assemble.check_output(options.output, options.force)
     runtime_file = options.runtime or runtime.build()
     assemble.check_runtime(runtime_file)
+    apprun.build()
     mksquashfs = squashfs.find_mksquashfs(nodes)
     squashfs.check_compression(mksquashfs, options.compression)
     ours = assemble.section(runtime_file, runtime.ID_SECTION) is not None
@@ -249,7 +264,7 @@ def _check_tools(options: Options, nodes):
             f"images (only {' and '.join(squashfs.OFFICIAL_RUNTIME_READS)}); make "
             f"sure {options.runtime} can"
         )
-    return runtime_file, mksquashfs
+    return Tools(runtime_file, mksquashfs, relocate.find_patchelf())
 
 
 def plan_image(found, nodes, layout: Layout, policy, options: Options,
@@ -271,52 +286,69 @@ def plan_image(found, nodes, layout: Layout, policy, options: Options,
         run_environment = runenv.compute(
             [e.spec for e in found if e.spec is not None] + list(stacks), layout, plan.files,
             store_root, extras.relocating_variables(bundled))
-        store_paths = leaks.find(plan.files, owner_of_dest, store_root)
+        store_paths = leaks.find(plan.files, owner_of_dest, store_root,
+                                 [e.path for e in found if e.interpreter])
     return Result(None, found, libraries, plan, progress.timings, included, stacks=stacks,
                   run_environment=run_environment, store_paths=store_paths, layout=layout,
                   points=[apprun.EntryPoint.of(e, layout) for e in found], bundled=bundled)
 
 
 def write_image(result: Result, policy, options: Options, progress: "Progress",
-                runtime_file: str, mksquashfs) -> None:
+                tools: Tools) -> None:
     """The stages that write: the AppDir, relocated and audited, with AppRun and the
-    manifest, packed and put behind the runtime at ``options.output``."""
+    manifest, packed and put behind the runtime at ``options.output``. A full disk is
+    one line naming the directory that filled."""
+    output = os.path.abspath(options.output)
+    with full_disk_names(os.path.dirname(output), "write the image elsewhere with -o"):
+        # The AppDir lives inside the output's transaction: it is gone before the image
+        # takes its name, so no interrupt can strike between the two. (Entering it
+        # removes what killed builds left: scratch.remove_stale.)
+        with assemble.output_file(output, options.force) as partial:
+            with _appdir(options.keep_appdir, result.plan.size()) as appdir:
+                elsewhere = ("choose another --keep-appdir" if options.keep_appdir
+                             else scratch.ELSEWHERE)
+                with full_disk_names(os.path.dirname(appdir), elsewhere):
+                    unpacked = _fill_appdir(result, policy, options, progress, appdir,
+                                        tools.patchelf)
+                with progress.stage("squashfs", draws=progress.terminal,
+                                    compression=options.compression):
+                    squashfs.make(tools.mksquashfs, appdir, partial,
+                                  offset=os.path.getsize(tools.runtime),
+                                  compression=options.compression, jobs=options.jobs,
+                                  progress=progress.terminal)
+                with progress.stage("assemble"):
+                    assemble.write_runtime(tools.runtime, partial)
+                    assemble.stamp_image_id(partial, tools.runtime, runtime.ID_SECTION,
+                                            unpacked)
+            if options.sbom:  # before the image takes its name: a failure leaves neither
+                _write_sbom(options, result.manifest)
+    result.output = output
+
+
+def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
+                 appdir: str, patchelf: relocate.Patchelf) -> int:
+    """The AppDir's files, relocated and audited, with AppRun, the desktop entry and
+    the manifest; returns the unpacked size the manifest records."""
     import spack.store
 
     found, libraries, layout = result.entries, result.closure, result.layout
-    # The AppDir lives inside the output's transaction: it is gone before the image
-    # takes its name, so no interrupt can strike between the two.
-    with assemble.output_file(options.output, options.force) as partial:
-        with _appdir(options.keep_appdir, result.plan.size()) as appdir:
-            with progress.stage("stage", files=len(result.plan.files)):
-                stage.materialize(result.plan, appdir)
-                bytecode.make_valid(appdir, bytecode.python_sources(
-                    result.plan.files, interpreters.python_executables(result.stacks)))
-            with progress.stage("relocate"):
-                relocate.relocate(appdir, relocate.rpaths_for(libraries, layout))
-            with progress.stage("apprun"):
-                apprun.install(appdir, found, result.points, libraries, policy,
-                               options.default_entry, result.run_environment.changes)
-                desktop.write(appdir, options.output, [e.name for e in found],
-                              options.default_entry)
-            with progress.stage("audit"):
-                host = list(policy.patterns) + list(libraries.host_requirements())
-                relocate.audit(appdir, host, [spack.store.STORE.root])
-            with progress.stage("manifest"):
-                result.manifest = _manifest_of(result, options, appdir)
-                unpacked = manifest.write(appdir, result.manifest)
-            with progress.stage("squashfs", draws=progress.terminal,
-                                compression=options.compression):
-                squashfs.make(mksquashfs, appdir, partial,
-                              offset=os.path.getsize(runtime_file),
-                              compression=options.compression, jobs=options.jobs,
-                              progress=progress.terminal)
-            with progress.stage("assemble"):
-                assemble.write_runtime(runtime_file, partial)
-                assemble.stamp_image_id(partial, runtime_file, runtime.ID_SECTION, unpacked)
-        if options.sbom:  # before the image takes its name: a failure leaves neither
-            _write_sbom(options, result.manifest)
-    result.output = os.path.abspath(options.output)
+    with progress.stage("stage", files=len(result.plan.files)):
+        stage.materialize(result.plan, appdir)
+        bytecode.make_valid(appdir, bytecode.python_sources(
+            result.plan.files, interpreters.python_executables(result.stacks)))
+    with progress.stage("relocate"):
+        relocate.relocate(appdir, relocate.rpaths_for(libraries, layout), patchelf)
+    with progress.stage("apprun"):
+        apprun.install(appdir, found, result.points, libraries, policy,
+                       options.default_entry, result.run_environment.changes)
+        desktop.write(appdir, options.output, [e.name for e in found],
+                      options.default_entry)
+    with progress.stage("audit"):
+        host = list(policy.patterns) + list(libraries.host_requirements())
+        relocate.audit(appdir, host, [spack.store.STORE.root])
+    with progress.stage("manifest"):
+        result.manifest = _manifest_of(result, options, appdir)
+        return manifest.write(appdir, result.manifest)
 
 
 def _manifest_of(result: Result, options: Options, appdir: Optional[str]) -> dict:
@@ -335,7 +367,9 @@ def describe(result: Result) -> str:
 
 
 def _write_sbom(options: Options, image_manifest: dict) -> None:
-    path = manifest.write_sbom(options.sbom, options.force, image_manifest,
-                               os.path.basename(options.output))
+    with full_disk_names(os.path.dirname(os.path.abspath(options.sbom)),
+                         "write the SBOM elsewhere with --sbom"):
+        path = manifest.write_sbom(options.sbom, options.force, image_manifest,
+                                   os.path.basename(options.output))
     if not options.json:  # stdout holds the JSON report
         tty.msg(f"SBOM (CycloneDX 1.5): {path}")

@@ -5,12 +5,21 @@ names an image file there; appimaged and AppImageLauncher read both (and ``.DirI
 from the squashfs to integrate the image. The programs are command-line tools, so the
 entry says ``Terminal=true``. The icon is drawn here as a PNG
 (about a kilobyte) rather than shipped, so the repository holds no binary file.
+
+The names written into it (the output's, the entries') are escaped as the Desktop Entry
+Specification says; those it cannot hold (a control character: a newline would start a
+key of its own, such as ``Exec=``; bytes that are not UTF-8) are refused before the build
+starts (:func:`check_names`).
 """
 
 import os
+import re
 import struct
+import unicodedata
 import zlib
 from typing import Optional, Sequence
+
+from .errors import OutputError
 
 #: Freedesktop categories (both are main categories; menus may list the image twice).
 CATEGORIES = "Science;Development;"
@@ -27,6 +36,22 @@ def image_name(output: str) -> str:
     return name
 
 
+def check_names(output: str, entries: Sequence[str]) -> None:
+    """Refuse an ``-o`` file name or an ``--entry`` (``NAME[=SPEC]``) that a desktop
+    entry cannot hold."""
+    for flag, name in [("-o", image_name(output))] + [("--entry", e) for e in entries]:
+        try:
+            name.encode("utf-8")
+            control = any(unicodedata.category(c) == "Cc" for c in name)
+        except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
+            control = True
+        if control:
+            raise OutputError(
+                f"{flag} {ascii(name)} holds a control character or bytes that are not "
+                "UTF-8, which the image's desktop entry cannot hold",
+                "choose a name without them")
+
+
 def write(appdir: str, output: str, entry_names: Sequence[str], default: Optional[str]) -> None:
     """``<name>.desktop``, ``<name>.png`` and ``.DirIcon`` (a link to the PNG), named
     after the ``output`` file (:func:`image_name`).
@@ -36,21 +61,42 @@ def write(appdir: str, output: str, entry_names: Sequence[str], default: Optiona
     AppRun needs none (one entry, or a default entry)."""
     name = image_name(output)
     needs_name = len(entry_names) > 1 and not default
-    exec_line = f"AppRun {entry_names[0]}" if needs_name else "AppRun"
-    with open(os.path.join(appdir, f"{name}.desktop"), "w") as f:
+    exec_line = f"AppRun {_exec_argument(entry_names[0])}" if needs_name else "AppRun"
+    with open(os.path.join(appdir, f"{name}.desktop"), "w", encoding="utf-8") as f:
         f.write(
             "[Desktop Entry]\n"
             "Type=Application\n"
-            f"Name={name}\n"
-            f"Comment=Programs of a Spack environment: {', '.join(entry_names)}\n"
-            f"Exec={exec_line}\n"
-            f"Icon={name}\n"
+            f"Name={_value(name)}\n"
+            f"Comment={_value('Programs of a Spack environment: ' + ', '.join(entry_names))}\n"
+            f"Exec={_value(exec_line)}\n"
+            f"Icon={_value(name)}\n"
             "Terminal=true\n"
             f"Categories={CATEGORIES}\n"
         )
     with open(os.path.join(appdir, f"{name}.png"), "wb") as f:
         f.write(icon_png())
     os.symlink(f"{name}.png", os.path.join(appdir, ".DirIcon"))
+
+
+def _value(text: str) -> str:
+    """A string value: backslashes escaped, and a leading space kept (``\\s``), as
+    readers strip the spaces around ``=``."""
+    text = text.replace("\\", "\\\\")
+    return "\\s" + text[1:] if text.startswith(" ") else text
+
+
+#: Characters of an ``Exec`` argument that must be inside double quotes (the spec's
+#: "reserved characters").
+_RESERVED = re.compile(r"[\s\"'\\><~|&;$*?#()`]")
+
+
+def _exec_argument(word: str) -> str:
+    """``word`` as one argument of ``Exec``: in double quotes when it holds a reserved
+    character (and then double quote, backquote, dollar and backslash escaped), ``%``
+    doubled so that it is no field code. :func:`_value` escapes the line afterwards."""
+    if _RESERVED.search(word):
+        word = '"' + re.sub(r'(["`$\\])', r"\\\1", word) + '"'
+    return word.replace("%", "%%")
 
 
 def icon_png(size: int = ICON_SIZE) -> bytes:

@@ -16,7 +16,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.gnuversions import GNUVerNeedSection
 
-from .errors import AppImageError, ClosureError
+from .errors import ClosureError
 
 #: ``-z nodeflib``: the object's NEEDED are not searched in the system directories (elf.h)
 DF_1_NODEFLIB = 0x800
@@ -81,28 +81,14 @@ def read_elf(path: str) -> Optional[ElfObject]:
                 return _read_with_pyelftools(path, f)
         # Both parsers read untrusted bytes and fail in their own ways (struct.error,
         # IndexError, a seek to an impossible offset, pyelftools' ELFError and construct
-        # errors, ...): every one of them means the same thing to the user. Except an
-        # interrupt (build.py raises it from a signal handler), which pyelftools' construct
-        # may have wrapped in its own error.
+        # errors, ...): every one of them means the same thing to the user. An interrupt
+        # is a BaseException (errors.Interrupted, KeyboardInterrupt): it passes through,
+        # and through construct's own ``except Exception`` wrappers.
         except Exception as e:
-            interrupt = _interrupt_in(e)
-            if interrupt is not None:
-                raise interrupt from None
             raise ClosureError(
                 f"{path} is not a readable ELF file ({_why(e)})",
                 "reinstall the package that owns it: spack install --overwrite <spec>",
             ) from e
-
-
-def _interrupt_in(error: Optional[BaseException]) -> Optional[AppImageError]:
-    """The :class:`AppImageError` that ``error`` is or was raised from, if any."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, AppImageError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def _why(error: Exception) -> str:

@@ -22,9 +22,10 @@ from typing import Dict, List, Optional, Sequence
 
 import spack.util.elf as elf
 
+from . import prerequisites
 from .closure import Closure
 from .elf import read_elf
-from .compat import ResolveSharedElfLibDepsVisitor, visit_directory_tree
+from .compat import ResolveSharedElfLibDepsVisitor, tty, visit_directory_tree
 from .errors import AuditError, ClosureError, ToolError
 from .policy import HostRule
 from .layout import Layout
@@ -50,29 +51,33 @@ def rpaths_for(closure: Closure, layout: Layout) -> Dict[str, List[str]]:
 
 
 class Patchelf:
-    """patchelf, found only when a file needs it (PATH first, then Spack's bootstrap)."""
+    """patchelf: PATH first, then Spack's bootstrap. Found before the first stage
+    (:func:`find_patchelf`), so a build that cannot get it fails in seconds, and a
+    bootstrap (minutes, and a page of Spack's output) is announced."""
 
-    def __init__(self):
-        self._exe = None
+    def __init__(self, exe):
+        self._exe = exe
 
     def __call__(self, *args: str) -> None:
-        if self._exe is None:
-            self._exe = self._find()
         self._exe(*args, output=str, error=str)
 
-    @staticmethod
-    def _find():
-        import spack.bootstrap
 
-        try:
-            with spack.bootstrap.ensure_bootstrap_configuration():
-                return spack.bootstrap.ensure_patchelf_in_path_or_raise()
-        except RuntimeError as e:
-            raise ToolError(
-                "patchelf is needed to rewrite RPATHs and could not be found or bootstrapped",
-                "install it (apt install patchelf, or spack install patchelf and put it on "
-                f"PATH); Spack said: {e}",
-            ) from e
+def find_patchelf() -> Patchelf:
+    import spack.bootstrap
+    import spack.util.executable
+
+    on_path = spack.util.executable.which("patchelf")
+    if on_path:
+        return Patchelf(on_path)
+    fix = f"install it: {prerequisites.install_command('patchelf')}, and put it on PATH"
+    tty.msg(f"patchelf is not on PATH: Spack bootstraps it (once; this can take minutes). "
+            f"To skip that, {fix}")
+    try:
+        with spack.bootstrap.ensure_bootstrap_configuration():
+            return Patchelf(spack.bootstrap.ensure_patchelf_in_path_or_raise())
+    except RuntimeError as e:
+        raise ToolError("patchelf is needed to rewrite RPATHs and could not be bootstrapped",
+                        f"{fix} (Spack said: {str(e).splitlines()[0] if str(e) else e})") from e
 
 
 def set_rpath(path: str, rpaths: List[str], patchelf: Patchelf) -> None:
@@ -95,8 +100,7 @@ def set_rpath(path: str, rpaths: List[str], patchelf: Patchelf) -> None:
         raise ToolError(f"patchelf could not set the RPATH of {path}: {e}") from e
 
 
-def relocate(appdir: str, rpaths: Dict[str, List[str]]) -> None:
-    patchelf = Patchelf()
+def relocate(appdir: str, rpaths: Dict[str, List[str]], patchelf: Patchelf) -> None:
     for dest, entries in sorted(rpaths.items()):
         set_rpath(os.path.join(appdir, dest), entries, patchelf)
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Iterable, Iterator, Optional
 
-from . import installed
+from . import installed, prerequisites
 from .errors import FULL_DISK, INTERRUPT_SIGNALS, ToolError
 
 COMPRESSIONS = ("gzip", "xz", "lz4", "zstd")
@@ -36,11 +36,8 @@ def find_mksquashfs(specs: Iterable) -> str:
             return found
     found = spack.util.executable.which_string("mksquashfs")
     if not found:
-        raise ToolError(
-            "mksquashfs not found",
-            "install it: `spack install squashfs+zstd` (Spack), or the squashfs-tools "
-            "package of your distribution",
-        )
+        raise ToolError("mksquashfs not found",
+                        f"install it: {prerequisites.install_command('mksquashfs')}")
     return found
 
 
@@ -113,8 +110,8 @@ def make(
 
 @contextlib.contextmanager
 def _uninterrupted_start(command, **kwargs) -> Iterator[subprocess.Popen]:
-    """Popen, with SIGINT and SIGTERM held until the process object exists, then killed
-    and reaped if the block is interrupted.
+    """Popen, with the interrupt signals held until the process object exists, then
+    killed and reaped if the block is interrupted.
 
     An interrupt that strikes inside ``subprocess.run`` between fork and Popen's return
     would orphan mksquashfs, which would then recreate the temporary output the cleanup

@@ -191,60 +191,6 @@ class Planner:
         return True
 
 
-#: A memory file system for the temporary AppDir, when it has room (:func:`scratch_parent`).
-SHM = "/dev/shm"
-
-
-def scratch_parent(size: int) -> Optional[str]:
-    """Where the temporary AppDir of ``size`` bytes goes: ``$TMPDIR`` when it is set (a
-    site's or a job's choice of scratch space); else :data:`SHM` when it is a tmpfs with
-    room for it twice over and the memory this process may still use (the machine's, or
-    its cgroup's limit) is at least four times ``size``; else None (``/tmp``).
-
-    Copying is most of the staging: for CPython's 1,488 files (63 MB) it took 1.19 s into
-    /tmp on ext4 and 0.09 s into /dev/shm on the same machine, and mksquashfs then reads
-    from memory. The AppDir lives only until mksquashfs has read it."""
-    if os.environ.get("TMPDIR"):
-        return None
-    try:
-        shm = os.statvfs(SHM)
-        with open("/proc/self/mountinfo") as f:
-            on_tmpfs = any(line.split()[4] == SHM and " - tmpfs " in line for line in f)
-        available = _memory_available()
-    except (OSError, ValueError):
-        return None
-    room = shm.f_bavail * shm.f_frsize
-    if on_tmpfs and os.access(SHM, os.W_OK) and room >= 2 * size and available >= 4 * size:
-        return SHM
-    return None
-
-
-def _memory_available() -> int:
-    """Bytes of memory available: MemAvailable, capped by the memory cgroup's limit (v2
-    ``memory.max``, v1 ``memory.limit_in_bytes``) less what the cgroup uses."""
-    with open("/proc/meminfo") as f:
-        available = next(int(line.split()[1]) * 1024 for line in f
-                         if line.startswith("MemAvailable:"))
-    with open("/proc/self/cgroup") as f:
-        groups = dict(line.rstrip("\n").split(":", 2)[1:] for line in f)
-    for controller, limit_file, usage_file in (("memory", "memory.limit_in_bytes",
-                                                "memory.usage_in_bytes"),
-                                               ("", "memory.max", "memory.current")):
-        if controller not in groups:
-            continue
-        base = os.path.join("/sys/fs/cgroup", controller, groups[controller].lstrip("/"))
-        try:
-            with open(os.path.join(base, limit_file)) as f:
-                limit = f.read().strip()
-            with open(os.path.join(base, usage_file)) as f:
-                used = int(f.read())
-        except OSError:
-            continue
-        if limit.isdigit():
-            available = min(available, int(limit) - used)
-    return available
-
-
 def materialize(plan: Plan, appdir: str) -> None:
     """Write ``plan`` into the (existing, empty) directory ``appdir``."""
     for dest, src in sorted(plan.files.items()):

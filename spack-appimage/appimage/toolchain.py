@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 from typing import Callable, List, Optional, Sequence
 
-from .compat import configured_c_compilers
+from . import prerequisites
+from .compat import configured_c_compilers, tty
 from .errors import ToolError
 
 
@@ -37,7 +38,8 @@ def c_compiler() -> str:
     if not cc:
         raise ToolError(
             "no C compiler found to build AppRun and the runtime",
-            "register one with `spack compiler find`, or install gcc",
+            f"install one ({prerequisites.install_command('cc')}) and register it with "
+            "`spack compiler find`",
         )
     return cc
 
@@ -80,6 +82,7 @@ def compile_cached(
     cached = os.path.join(directory, f"{name}-{digest.hexdigest()[:16]}")
     if os.path.exists(cached):
         return cached
+    tty.msg(f"compiling {name} with {cc} (once: it is cached in {directory})")
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}-")
     os.close(fd)

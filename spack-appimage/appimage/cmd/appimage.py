@@ -9,6 +9,7 @@ from typing import Iterator
 import spack.cmd
 from spack.cmd.common import arguments
 
+from .. import prerequisites
 from ..compat import require_supported_spack, tty
 from ..squashfs import COMPRESSIONS
 
@@ -120,7 +121,7 @@ def appimage(parser, args):
     require_supported_spack()
     if build is None:
         tty.die(f"spack appimage needs pyelftools in the Python that runs Spack "
-                f"({sys.executable}); install it: {sys.executable} -m pip install pyelftools")
+                f"({sys.executable}); {prerequisites.pyelftools_advice()}")
     if args.print_runtime:
         print(runtime.build())
         return
