@@ -170,8 +170,9 @@ def test_patchelf_missing_and_not_obtainable(site, clean, tmp_path):
                   "ai-runpath", env=site.env, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     # said, then refused, before the first stage copies anything
-    assert "==> patchelf is not on PATH: Spack bootstraps it" in result.stderr
-    assert "==> [1/" not in result.stderr, result.stderr
+    said = result.stdout + result.stderr
+    assert "==> patchelf is not on PATH: Spack bootstraps it" in said
+    assert "==> [1/" not in said, said
     [line] = [line for line in result.stderr.splitlines() if "Error:" in line]
     assert line.startswith("==> Error: patchelf is needed to rewrite RPATHs and could not be "
                            "bootstrapped; install it: `apt install patchelf` or "
