@@ -134,6 +134,27 @@ def wait_for_line(process, text: str, seconds: float = 60) -> str:
     pytest.fail(f"{process.args} printed no line with {text!r} (waited up to {seconds}s)")
 
 
+#: Debian's own Python, which refuses pip (PEP 668); Spack runs on it with SPACK_PYTHON.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def externally_managed_python_without_pyelftools() -> str:
+    """:data:`SYSTEM_PYTHON`, which the tests of the install advice for an externally
+    managed Python run Spack with; it must lack pyelftools, as a fresh Debian 12's has."""
+    marker = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import os, sysconfig; print(os.path.exists(os.path.join("
+         "sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))"],
+        capture_output=True, text=True)
+    if marker.stdout.strip() != "True":
+        pytest.fail(f"{SYSTEM_PYTHON} is not an externally managed Python (PEP 668): this "
+                    "test needs Debian 12's or Ubuntu 24.04's system python3", pytrace=False)
+    if subprocess.run([SYSTEM_PYTHON, "-c", "import elftools"],
+                      capture_output=True).returncode == 0:
+        pytest.fail(f"{SYSTEM_PYTHON} has pyelftools: this test needs it without "
+                    "(apt remove python3-pyelftools)", pytrace=False)
+    return SYSTEM_PYTHON
+
+
 def cc(out: str, source: str, *flags: str) -> str:
     """Compile C ``source`` (text) to ``out`` with gcc and ``flags``."""
     src = out + ".c"
@@ -200,6 +221,12 @@ class Spack:
         return path
 
 
+#: How long one ``spack install`` of a session fixture may take. Fixtures are outside
+#: pytest-timeout's limit (``timeout_func_only``, pyproject.toml): on a machine with nothing
+#: cached, the offline builds of CPython and Open MPI alone take 12-20 minutes on 2 cores.
+INSTALL_TIMEOUT = 3600
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
     """Spack with the test packages installed in a session-wide temporary store."""
@@ -217,7 +244,7 @@ def site(tmp_path_factory):
     _require("mpicc", "apt-get install openmpi-bin libopenmpi-dev (see .ci/run)")
     spack_ = Spack(root)
     spack_.env = spack_.make_env("main", ENV_SPECS)
-    spack_("install", env=spack_.env)
+    spack_("install", env=spack_.env, timeout=INSTALL_TIMEOUT)
     return spack_
 
 
@@ -302,7 +329,8 @@ def offline_site():
         with open(os.path.join(path, "spack.yaml"), "w") as f:
             f.write(f"spack:\n  specs: {specs}\n  view: false\n"
                     + repos_config("appimage_offline", "appimage_test", indent="  "))
-        spack_("install", "--fail-fast", f"-j{os.cpu_count()}", env=path)
+        spack_("install", "--fail-fast", f"-j{os.cpu_count()}", env=path,
+               timeout=INSTALL_TIMEOUT)
         spack_.envs[name] = path
     return spack_
 
@@ -352,12 +380,14 @@ def our_runtime():
 @pytest.fixture(scope="session")
 def probe_image(our_runtime):
     """An image of :data:`PROBE_APPRUN` with the project's runtime, world-readable (tests
-    also run it as nobody)."""
+    also run it as other users). Its AppRun carries a build ID of this session's own:
+    images of the same content share an ID, and so a mount or an extracted copy, which
+    another session running at the same time would hold or remove under our tests."""
     work = tempfile.mkdtemp(prefix="runtime-test-")
     os.chmod(work, 0o755)
     appdir = os.path.join(work, "AppDir")
     os.makedirs(os.path.join(appdir, "data"))
-    cc(os.path.join(appdir, "AppRun"), PROBE_APPRUN)
+    cc(os.path.join(appdir, "AppRun"), PROBE_APPRUN, f"-Wl,--build-id=0x{os.urandom(20).hex()}")
     os.remove(os.path.join(appdir, "AppRun.c"))
     with open(os.path.join(appdir, "data", "x.txt"), "w") as f:
         f.write("x\n")
@@ -393,6 +423,19 @@ def _gone(what, image, seconds):
     return not what(image)
 
 
+def mount_dirs_in(tmpdir):
+    """The mount directories (``<build id>-<launch id>-<mount namespace>``, three parts;
+    an extraction cache's ``<build id>-<launch id>`` has two) of the runtime's per-user
+    directories (``spack-appimage-<uid>``, or a fallback ``spack-appimage-<uid>.<random>``)
+    in ``tmpdir``."""
+    found = []
+    for base in os.scandir(tmpdir):
+        if base.name.startswith("spack-appimage-") and base.is_dir(follow_symlinks=False):
+            found += [os.path.join(base.path, name) for name in os.listdir(base.path)
+                      if name.count("-") == 2]
+    return found
+
+
 def wait_unmounted(image, seconds=10):
     return _gone(mounts_of, image, seconds)
 
@@ -406,21 +449,41 @@ def wait_no_server(image, seconds=10):
     return _gone(servers_of, image, seconds)
 
 
-def leftovers(image):
-    """What of the image is left in the runtime's directory: mount directories
-    (``<id>-<mount namespace>``, with their lock files) and extracted trees (``<id>/root``;
-    the extraction cache's two lock files stay)."""
+def leftovers(image, uid=None):
+    """What of the image is left in the runtime's directory of user ``uid`` (the test
+    process's by default): mount directories (``<id>-<mount namespace>``, with their lock
+    files) and extracted trees (``<id>/root``; the extraction cache's two lock files stay)."""
     doctor = subprocess.run([image, "--appimage-doctor"], capture_output=True, text=True)
     image_id = doctor.stdout.split("image id: ")[1].split()[0]
-    base = f"/tmp/spack-appimage-{os.getuid()}"
+    base = f"/tmp/spack-appimage-{os.getuid() if uid is None else uid}"
+    if not os.path.isdir(base):
+        return []
     mounts = [name for name in os.listdir(base) if name.startswith(image_id + "-")]
     extracted = os.path.join(base, image_id)
     return mounts + [p for p in os.listdir(extracted) if p not in ("lock", "users")] \
         if os.path.isdir(extracted) else mounts
 
 
-def wait_nothing_left(image, seconds=10):
-    return _gone(leftovers, image, seconds)
+def wait_nothing_left(image, seconds=10, uid=None):
+    return _gone(lambda image: leftovers(image, uid), image, seconds)
+
+
+def server_of(image):
+    """The pid of the image's FUSE server: a process of the image's runtime (not an app
+    it runs) whose parent, the server's guardian, is one too."""
+    runtime = os.path.realpath(image)
+
+    def runs_it(pid):
+        try:
+            return os.readlink(f"/proc/{pid}/exe") == runtime
+        except OSError:  # gone, or a zombie
+            return False
+
+    pids = [pid for pid in servers_of(image) if runs_it(pid)]
+    parents = {pid: int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+               for pid in pids}
+    [server] = [pid for pid in pids if parents[pid] in pids]
+    return server
 
 
 def _free_port() -> int:
@@ -528,6 +591,38 @@ def slurm(tmp_path_factory):
         cluster.stop()
 
 
+class Root:
+    """Commands as the test process's own user, root, in this mount namespace: the
+    counterpart of :class:`OrdinaryUser`, so a test can run for both."""
+
+    uid = 0
+
+    def run(self, argv, env=None, **kwargs):
+        return subprocess.run(argv, env=dict(os.environ, **(env or {})), capture_output=True,
+                              text=True, **kwargs)
+
+    def popen(self, argv, env=None, **kwargs):
+        return subprocess.Popen(argv, env=dict(os.environ, **(env or {})), **kwargs)
+
+    def mounts_of(self, image):
+        return mounts_of(image)
+
+    def wait_unmounted(self, image, seconds=10):
+        return wait_unmounted(image, seconds)
+
+    def leftovers(self, image):
+        return leftovers(image)
+
+    def wait_nothing_left(self, image, seconds=10):
+        return wait_nothing_left(image, seconds)
+
+
+@pytest.fixture(params=["root", "ordinary user"])
+def user(request):
+    """Root, then the ordinary user: a test of what users run, as both."""
+    return Root() if request.param == "root" else request.getfixturevalue("ordinary_user")
+
+
 class OrdinaryUser:
     """A real user of this machine, whose commands run as on a shared cluster node: without
     root, mounting through the setuid ``fusermount3``.
@@ -578,13 +673,26 @@ class OrdinaryUser:
     def wait_unmounted(self, image, seconds=10):
         return _gone(self.mounts_of, image, seconds)
 
+    def leftovers(self, image):
+        """What of ``image`` this user's runtime directory still holds (:func:`leftovers`)."""
+        return leftovers(image, self.uid)
+
+    def wait_nothing_left(self, image, seconds=10):
+        return _gone(self.leftovers, image, seconds)
+
 
 class FuseNamespace:
     """A private mount namespace in which ``/dev/fuse`` is usable by every user (see
     :class:`OrdinaryUser`), held open by a process until :meth:`stop`."""
 
+    #: The new namespace starts with a copy of every mount, FUSE ones included: a copy
+    #: would keep a server's connection alive after the server unmounted its own (it
+    #: would then never see the end of its session), so the FUSE copies are detached.
     SCRIPT = """
         set -e
+        findmnt -rn -o TARGET,FSTYPE | awk '$2 ~ /^fuse/ {print $1}' | while read -r m; do
+            umount -l "$(printf '%b' "$m")" || true
+        done
         mount -t tmpfs -o mode=0755,size=64k tmpfs "$1"
         mknod -m 0666 "$1/fuse" c 10 229
         mount --bind "$1/fuse" /dev/fuse

@@ -186,7 +186,9 @@ def stamp_image_id(image: str, runtime: str, id_section: str, unpacked_bytes: in
     its extraction cache and shared mount by content without hashing the file at every
     start; and :func:`squashfs_crcs`, which the runtime checks once per mount or extraction
     before squashfuse reads anything (runtime/verify.c; runtime.c's open_image reads the
-    fields). Runtimes without the section (the official one) are left as they are."""
+    fields). The unpacked bytes stay in second place for runtimes of earlier releases,
+    which read the first two fields; this one skips them. Runtimes without the section
+    (the official one) are left as they are."""
     where = section(runtime, id_section)
     if where is None:
         return

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from typing import List, Tuple
 
-from . import toolchain
+from . import installed, prerequisites, toolchain
 from .assemble import stamp_magic
 from .errors import ToolError
 
@@ -25,30 +25,25 @@ from .errors import ToolError
 SOURCES = toolchain.sources_of(os.path.join(os.path.dirname(__file__), "runtime"))
 
 #: Needed; pkg-config module names.
-REQUIRED = ("squashfuse_ll", "squashfuse", "fuse3")
+REQUIRED = ("squashfuse_ll", "squashfuse", "fuse3", "zlib")  # zlib: verify.c's crc32
 #: Linked when present: what squashfuse may have been built with.
-COMPRESSION = ("libzstd", "zlib", "liblzma", "liblz4", "lzo2")
+COMPRESSION = ("libzstd", "liblzma", "liblz4", "lzo2")
 
-#: The section `spack appimage` fills with "<image id> <unpacked bytes>".
+#: The section `spack appimage` fills with "<image id> <unpacked bytes> <metadata CRC>
+#: <squashfs CRC>" (assemble.stamp_image_id; read by runtime.c's open_image, the CRCs
+#: checked by runtime/verify.c; an image without them is walked by runtime/walk.c).
 ID_SECTION = ".spack_appimage_id"
 
-MISSING = (
-    "install them with Spack (`spack install squashfuse libfuse@3`) or your distribution "
-    "(Debian/Ubuntu: apt install libsquashfuse-dev libfuse3-dev libzstd-dev zlib1g-dev "
-    "liblzma-dev liblz4-dev liblzo2-dev pkg-config)"
-)
+def _missing() -> str:
+    return f"install them: {prerequisites.install_command('runtime-libraries')}"
 
 
 def _spack_pkg_config_path() -> List[str]:
-    import spack.store
     import spack.traverse
+    from spack.version import Version
 
-    roots = []
-    for name in ("squashfuse", "libfuse@3:"):
-        try:
-            roots += spack.store.STORE.db.query(name, installed=True)[:1]
-        except Exception:  # an unreadable store must not hide the system's libraries
-            pass
+    roots = installed.named("squashfuse")[:1]
+    roots += [s for s in installed.named("libfuse") if s.version >= Version("3")][:1]
     dirs = []
     for spec in spack.traverse.traverse_nodes(roots, deptype=("link",)):
         for lib in ("lib", "lib64"):
@@ -61,8 +56,6 @@ def _spack_pkg_config_path() -> List[str]:
 def _pkg_config(modules, extra_path: List[str]) -> Tuple[List[str], List[str]]:
     """(cflags, static archives) of ``modules``."""
     pkg_config = shutil.which("pkg-config")
-    if not pkg_config:
-        raise ToolError("pkg-config is needed to find squashfuse and libfuse 3", MISSING)
     env = dict(os.environ)
     env["PKG_CONFIG_PATH"] = ":".join(extra_path + [env.get("PKG_CONFIG_PATH", "")]).strip(":")
     result = subprocess.run(
@@ -73,7 +66,7 @@ def _pkg_config(modules, extra_path: List[str]) -> Tuple[List[str], List[str]]:
         raise ToolError(
             "squashfuse and libfuse 3 are needed to build the runtime: "
             + (result.stderr.strip().splitlines() or ["not found"])[-1],
-            MISSING,
+            _missing(),
         )
     flags = result.stdout.split()
     lib_dirs = [f[2:] for f in flags if f.startswith("-L")] + _default_lib_dirs()
@@ -84,7 +77,7 @@ def _pkg_config(modules, extra_path: List[str]) -> Tuple[List[str], List[str]]:
         archive = next((os.path.join(d, f"lib{name}.a") for d in lib_dirs
                         if os.path.exists(os.path.join(d, f"lib{name}.a"))), None)
         if not archive:
-            raise ToolError(f"the static library lib{name}.a is missing", MISSING)
+            raise ToolError(f"the static library lib{name}.a is missing", _missing())
         if archive not in archives:
             archives.append(archive)
     return cflags, archives
@@ -114,6 +107,10 @@ def _finish(path: str) -> None:
 
 def build() -> str:
     """Path of the compiled runtime (built on first use, then cached)."""
+    if not shutil.which("pkg-config"):
+        raise ToolError("pkg-config is needed to find squashfuse and libfuse 3 for the runtime",
+                        f"install it: {prerequisites.install_command('pkg-config')}, or "
+                        "pre-build the runtime (README, 'Runtimes')")
     extra = _spack_pkg_config_path()
     cflags, archives = _pkg_config(list(REQUIRED) + _available(COMPRESSION, extra), extra)
     link = ["-Wl,--start-group", *archives, "-Wl,--end-group", "-lpthread", "-ldl"]

@@ -10,16 +10,28 @@
  *  - one FUSE mount per user, image and node, shared by simultaneous launches: the
  *    first launcher starts a server; every running app holds a shared lock on the
  *    mount's "users" file; the server unmounts when nobody has held it for a moment;
- *    it mounts with auto_unmount, so a killed server leaves no dead mount;
+ *    whatever ends the server, for root and users alike, no dead mount and nothing of
+ *    it stays (unmount.c: after TERM, INT or HUP it unmounts as soon as no app uses
+ *    the mount; a guardian clears up after a KILL or a crash; a failed mount removes
+ *    its directory);
  *  - a multithreaded FUSE loop;
  *  - no FUSE (no /dev/fuse, no fusermount, mount refused): extraction, with one line
  *    on stderr (silenced by APPIMAGE_QUIET);
- *  - extraction into a cache keyed by an image ID written at build time (no hash of the
- *    whole file at each start), built in a private directory and renamed into place
- *    under a lock, so simultaneous starters wait instead of failing; a tree is removed
- *    only when no process uses it (shared/exclusive locks), and kept with NO_CLEANUP;
+ *  - extraction into a cache keyed by an image ID written at build time and by what
+ *    identifies the squashfs now (verify.c; no hash of the whole file at each start),
+ *    built in a private directory and renamed into place under a lock, so simultaneous
+ *    starters wait instead of failing; a tree is removed only when no process uses it
+ *    (shared/exclusive locks), and kept with NO_CLEANUP;
  *  - in extract mode the app is a child: INT, TERM, HUP, QUIT, USR1, USR2 and CONT are
  *    forwarded, the exit status passes through, death by signal N exits with 128+N;
+ *  - safe on a shared node (privdir.c, extract.c): its per-user directories sit on
+ *    paths no other user can change and are used by descriptor; a name another user
+ *    took gives way to a private directory of its own; <image>.home/.config are used
+ *    only when they are the user's, closed to others;
+ *  - a damaged image never crashes it (verify.c): its superblock and metadata, or all
+ *    of it for an extraction, are checked against CRCs recorded at build time once per
+ *    mount or extraction, before squashfuse reads them; an image without CRCs has its
+ *    directories and inodes walked with the checks squashfuse lacks (walk.c);
  *  - OWD is set in every mode; --appimage-doctor reports what this host allows;
  *    --appimage-manifest prints the provenance manifest straight from the squashfs.
  *
@@ -31,8 +43,6 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
-#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -42,10 +52,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -64,15 +72,17 @@
 #define RUNTIME_VERSION "spack-appimage"
 #endif
 
-#define FUSE_SUPER_MAGIC 0x65735546
 #define IDLE_MS_DEFAULT 500
+/* join_mount's answer for a damaged image, which extraction would refuse as well. */
+#define MOUNT_DAMAGED -2
 /* Seconds the kernel may remember that a name is absent (a day: the image is immutable). */
 #define NEGATIVE_TIMEOUT 86400.0
 /* Written by `spack appimage` (manifest.py). */
 #define MANIFEST ".appimage/manifest.json"
 
 /* Sections that AppImage tools fill in place (sizes fixed by the format), and the
-   image ID that `spack appimage` writes at assembly: "<hex id> <unpacked bytes>". */
+   image ID that `spack appimage` writes at assembly (assemble.stamp_image_id; open_image
+   reads it). */
 #define SECTION(name) __attribute__((section(name), used, aligned(1)))
 char digest_md5[16] SECTION(".digest_md5") = {0};
 char upd_info[1024] SECTION(".upd_info") = {0};
@@ -125,8 +135,10 @@ int path_printf(char *out, size_t cap, const char *fmt, ...) {
 struct image {
     char path[PATH_MAX];
     off_t offset;          /* where the squashfs starts */
-    char id[80];           /* cache key */
-    unsigned long long unpacked; /* bytes when extracted; 0 if unknown */
+    char id[128];          /* cache and mount key: what was built and what is there now */
+    int fd;                /* the file that was identified, read by every later step: never
+                              reopened by name, which someone may have swapped meanwhile */
+    struct squashfs_crcs crcs; /* recorded at build time, checked before use (verify.c) */
 };
 
 static int read_at(int fd, void *buf, size_t size, off_t at) {
@@ -220,7 +232,13 @@ static void open_image(struct image *img) {
     if (!realpath(target ? target : "/proc/self/exe", img->path))
         die("cannot resolve %s: %s", target ? target : "/proc/self/exe", strerror(errno));
     int fd = open(img->path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0 && fd <= 2) { /* the FUSE server replaces 0-2 with /dev/null; keeps this */
+        int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        close(fd);
+        fd = high;
+    }
     if (fd < 0) die("cannot open %s: %s", img->path, strerror(errno));
+    img->fd = fd;
     img->offset = elf_end(fd);
     struct stat st;
     char magic[4];
@@ -228,89 +246,75 @@ static void open_image(struct image *img) {
         read_at(fd, magic, 4, img->offset) || memcmp(magic, "hsqs", 4))
         die("%s has no squashfs image after its runtime (truncated or not an AppImage)",
             img->path);
-    char idsec[128] = {0};
-    unsigned long long unpacked = 0;
-    if (read_section(fd, ".spack_appimage_id", idsec, sizeof idsec) == 0 && idsec[0] &&
-        sscanf(idsec, "%64[0-9a-f] %llu", img->id, &unpacked) >= 1) {
-        img->unpacked = unpacked;
-    } else { /* an image made by other tools: key the cache by the file's identity */
-        snprintf(img->id, sizeof img->id, "f%lx-%lx-%lx-%lx", (unsigned long)st.st_dev,
+    /* "<id> <unpacked bytes> <metadata CRC> <squashfs CRC>" (assemble.stamp_image_id); an
+       image built before the CRCs existed has the first two, and is walked instead
+       (walk.c). The unpacked bytes are not used (extract.c measures the tree itself). */
+    char idsec[128] = {0}, built[72], now[32]; /* built: "f" and 4 hex numbers at most */
+    if (read_section(fd, ".spack_appimage_id", idsec, sizeof idsec) || !idsec[0] ||
+        sscanf(idsec, "%64[0-9a-f] %*u %8[0-9a-f] %8[0-9a-f]", built, img->crcs.metadata,
+               img->crcs.squashfs) < 1) {
+        /* an image made by other tools: key the cache by the file's identity */
+        snprintf(built, sizeof built, "f%lx-%lx-%lx-%lx", (unsigned long)st.st_dev,
                  (unsigned long)st.st_ino, (unsigned long)st.st_size, (unsigned long)st.st_mtime);
     }
-    close(fd);
+    /* The ID section says what was built, not what the file holds now: an image repacked
+       with its old runtime, or damaged, keeps it. The key also holds what identifies the
+       squashfs itself (verify.c), so such a file never reuses another's extracted copy
+       or joins another's mount: it gets its own, checked before use. */
+    if (squashfs_identity(fd, img->offset, now, sizeof now))
+        die("cannot read the squashfs of %s: %s", img->path, strerror(errno));
+    snprintf(img->id, sizeof img->id, "%s-%s", built, now);
 }
 
-static void print_section(const struct image *img, const char *name) {
-    int fd = open(img->path, O_RDONLY | O_CLOEXEC);
-    char buf[8193] = {0};
-    if (fd < 0 || read_section(fd, name, buf, sizeof buf)) die("cannot read section %s", name);
-    printf("%s\n", buf);
-    close(fd);
-}
-
-/* ------------------------------------------------------- where to mount or extract */
-
-/* A private directory <candidate>/spack-appimage-<uid>: created 0700, or reused only
-   if it is a real directory of ours that nobody else can write. */
-static int private_base(const char *candidate, char *out, size_t cap) {
-    if (path_printf(out, cap, "%s/spack-appimage-%u", candidate, (unsigned)getuid())) {
-        say("skipping %s: path too long", candidate);
-        return -1;
+/* Opens the image's squashfs for squashfuse, once it is checked (verify.c: its metadata,
+   or with `whole` all of it; without recorded CRCs, walk.c: its structure), from the
+   descriptor open_image identified (sqfs_destroy leaves it open; squashfuse only preads
+   it); 0, or -1 with the reason in `why` (errno EUCLEAN when the image is damaged:
+   nothing can be done with it, whatever the directory). */
+static int open_checked(const struct image *img, sqfs *fs, int whole, char *why, size_t cap) {
+    char reason[128] = "its tables cannot be read";
+    sqfs_err err = squashfs_check(img->fd, img->offset, &img->crcs, whole, reason,
+                                  sizeof reason)
+                       ? SQFS_BADFORMAT : sqfs_init(fs, img->fd, img->offset);
+    if (err == SQFS_OK && !img->crcs.metadata[0] && squashfs_walk(fs, reason, sizeof reason)) {
+        sqfs_destroy(fs);
+        err = SQFS_BADFORMAT;
     }
-    if (mkdir(out, 0700) && errno != EEXIST) return -1;
-    struct stat st;
-    if (lstat(out, &st) || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "%s: refusing %s: not a directory\n", prog, out);
-        return -1;
-    }
-    if (st.st_uid != getuid() || (st.st_mode & 077)) {
-        fprintf(stderr, "%s: refusing %s: owned by uid %u or open to others\n", prog, out,
-                (unsigned)st.st_uid);
-        return -1;
-    }
-    return 0;
-}
-
-/* Candidates in order: $TMPDIR, $XDG_RUNTIME_DIR, /tmp, /var/tmp, /dev/shm. */
-static int candidates(const char *list[6]) {
-    int n = 0;
-    const char *env[] = {getenv("TMPDIR"), getenv("XDG_RUNTIME_DIR")};
-    for (int i = 0; i < 2; i++)
-        if (env[i] && *env[i]) list[n++] = env[i];
-    list[n++] = "/tmp";
-    list[n++] = "/var/tmp";
-    list[n++] = "/dev/shm";
-    return n;
-}
-
-/* The first candidate that takes a private directory, with exec allowed and `need`
-   free bytes when asked. */
-static int pick_base(int need_exec, unsigned long long need, char *out, size_t cap) {
-    const char *list[6];
-    int n = candidates(list);
-    for (int i = 0; i < n; i++) {
-        struct statvfs sv;
-        if (statvfs(list[i], &sv)) continue;
-        if (need_exec && (sv.f_flag & ST_NOEXEC)) {
-            say("skipping %s: mounted noexec", list[i]);
-            continue;
-        }
-        if (need && (unsigned long long)sv.f_bavail * sv.f_frsize < need) {
-            say("skipping %s: less than %llu bytes free", list[i], need);
-            continue;
-        }
-        if (private_base(list[i], out, cap) == 0) return 0;
+    if (err == SQFS_OK) return 0;
+    if (err == SQFS_BADCOMP) {
+        snprintf(why, cap, "this runtime cannot decompress the squashfs of %s", img->path);
+        errno = ENOTSUP;
+    } else {
+        snprintf(why, cap, "the squashfs of %s is damaged (%s); rebuild or re-download it",
+                 img->path, reason);
+        errno = EUCLEAN;
     }
     return -1;
 }
 
-static int open_lock(const char *dir, const char *name) {
-    char path[PATH_MAX];
-    if (path_printf(path, sizeof path, "%s/%s", dir, name)) return -1;
-    return open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+static void print_section(const struct image *img, const char *name) {
+    char buf[8193] = {0};
+    if (read_section(img->fd, name, buf, sizeof buf)) die("cannot read section %s", name);
+    printf("%s\n", buf);
 }
 
 /* ------------------------------------------------------------------- environment */
+
+/* <image>.home or <image>.config as `variable`, when it is a directory of this user's
+   that no other user can write or replace: one planted by another user next to an
+   image in a shared directory would run their startup files (usercustomize.py, .bashrc)
+   as this user. */
+static void set_portable(const char *image, const char *suffix, const char *variable) {
+    char path[PATH_MAX + 16], real[PATH_MAX], why[PATH_MAX + 64];
+    struct stat st;
+    if (path_printf(path, sizeof path, "%s.%s", image, suffix) || lstat(path, &st)) return;
+    if (owned_directory(path, real, why, sizeof why)) {
+        fprintf(stderr, "%s: not using %s as $%s: %s\n", prog, path, variable, why);
+        return;
+    }
+    fprintf(stderr, "Setting $%s to %s\n", variable, real);
+    setenv(variable, real, 1);
+}
 
 static void set_app_environment(const struct image *img, const char *appdir,
                                 const char *argv0, const char *owd) {
@@ -318,16 +322,8 @@ static void set_app_environment(const struct image *img, const char *appdir,
     setenv("APPDIR", appdir, 1);
     setenv("ARGV0", argv0, 1);
     setenv("OWD", owd, 1);
-    char portable[PATH_MAX + 16];
-    struct stat st;
-    if (!path_printf(portable, sizeof portable, "%s.home", img->path) && !stat(portable, &st) && S_ISDIR(st.st_mode) && !access(portable, W_OK)) {
-        fprintf(stderr, "Setting $HOME to %s\n", portable);
-        setenv("HOME", portable, 1);
-    }
-    if (!path_printf(portable, sizeof portable, "%s.config", img->path) && !stat(portable, &st) && S_ISDIR(st.st_mode) && !access(portable, W_OK)) {
-        fprintf(stderr, "Setting $XDG_CONFIG_HOME to %s\n", portable);
-        setenv("XDG_CONFIG_HOME", portable, 1);
-    }
+    set_portable(img->path, "home", "HOME");
+    set_portable(img->path, "config", "XDG_CONFIG_HOME");
 }
 
 /* ---------------------------------------------------------------------- FUSE mode */
@@ -434,64 +430,33 @@ static const struct fuse_lowlevel_ops ops = {
     .getxattr = op_getxattr, .forget = op_forget, .statfs = op_statfs,
 };
 
-static int find_fusermount(char *out, size_t cap);
-static int is_mounted(const char *mnt);
-
-/* 0 when `mnt` was unmounted, -1 if it is busy or the unmount failed. */
-static int unmount_now(const char *mnt) {
-    if (getuid() == 0) return umount2(mnt, 0);
-    char fusermount[PATH_MAX];
-    if (find_fusermount(fusermount, sizeof fusermount)) return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        int null = open("/dev/null", O_RDWR);
-        if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(1);
-        execl(fusermount, fusermount, "-u", "-q", mnt, (char *)NULL);
-        _exit(1);
-    }
-    int status;
-    if (pid < 0 || waitpid(pid, &status, 0) < 0) return -1;
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
-}
-
-/* The mount's directory: mount point, lock files, the directory itself. */
-static void remove_mount_dir(const char *dir) {
-    const char *names[] = {"mnt", "users", "lock"};
-    char path[PATH_MAX];
-    for (int i = 0; i < 3; i++) {
-        if (path_printf(path, sizeof path, "%s/%s", dir, names[i])) return;
-        if (i == 0) (void)rmdir(path); else (void)unlink(path); /* gone already: fine */
-    }
-    (void)rmdir(dir); /* a launcher may have recreated a file in it: it stays */
-}
-
-/* Whether the open file `fd` is still the file at dir/name (not unlinked or replaced
-   since it was opened). */
-static int still_linked(int fd, const char *dir, const char *name) {
-    char path[PATH_MAX];
-    struct stat opened, named;
-    return !path_printf(path, sizeof path, "%s/%s", dir, name) && !fstat(fd, &opened) && !lstat(path, &named) && opened.st_ino == named.st_ino &&
-           opened.st_dev == named.st_dev;
-}
-
 struct server {
     struct fuse_session *se;
     const char *dir, *mnt;
-    long idle_ms;
+    long idle_ms;          /* 0 once stopped */
     int lock, users;       /* the mount's lock files */
-    pthread_mutex_t mutex; /* held by the watcher while it holds a lock, by the main
-                              thread once the FUSE loop has returned */
+    pthread_mutex_t mutex; /* guards what follows and idle_ms; held by the watcher while
+                              it holds a lock, by the main thread once the loop returned */
+    pthread_cond_t wake;   /* stop() cuts the watcher's wait short (CLOCK_MONOTONIC) */
     int loop_done;         /* the FUSE loop has returned */
     int unmounted;         /* the watcher unmounted and removed the mount's directory */
+    int stopped;           /* TERM, INT or HUP came (stop) */
 };
 
 /* After an unmount found the mount busy (a process inside it without the users lock),
    the watcher tries again after this long at the least, whatever the idle time. */
 #define BUSY_RETRY_MS 1000
 
-static void sleep_ms(long ms) {
-    struct timespec left = {ms / 1000, ms % 1000 * 1000000L};
-    while (nanosleep(&left, &left) && errno == EINTR) continue;
+/* Waits `ms`, with the server's mutex held (it is let go meanwhile), or less if stop()
+   comes (s->stopped is no longer `stopped`, what the caller saw when it chose `ms`). */
+static void nap(struct server *s, long ms, int stopped) {
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    long long ns = until.tv_nsec + ms % 1000 * 1000000LL;
+    until.tv_sec += ms / 1000 + ns / 1000000000;
+    until.tv_nsec = ns % 1000000000;
+    while (s->stopped == stopped && pthread_cond_timedwait(&s->wake, &s->mutex, &until) != ETIMEDOUT)
+        continue;
 }
 
 /* Unmounts once no app has held the users lock for idle_ms, without polling: it sleeps
@@ -500,11 +465,14 @@ static void sleep_ms(long ms) {
    launchers touch the file as they arrive (join_mount), so an app that came and went
    during that sleep shows as a non-zero mtime whatever the clock's granularity, and the
    wait starts over. The mount lock is taken first, so no launcher is between "is it
-   mounted?" and taking its users lock. */
+   mounted?" and taking its users lock. After stop(), the idle time is 0. */
 static void *watch_users(void *arg) {
     struct server *s = arg;
     static const struct timespec epoch[2] = {{0, 0}, {0, 0}};
+    pthread_mutex_lock(&s->mutex);
     long pause = s->idle_ms;
+    int stopped = s->stopped;
+    pthread_mutex_unlock(&s->mutex);
     for (;;) {
         if (flock(s->users, LOCK_EX)) {
             if (errno == EINTR) continue;
@@ -512,9 +480,10 @@ static void *watch_users(void *arg) {
         }
         int stamped = !futimens(s->users, epoch);
         (void)flock(s->users, LOCK_UN); /* launchers must not wait on this lock */
-        sleep_ms(pause);
-        pause = s->idle_ms;
         pthread_mutex_lock(&s->mutex);
+        nap(s, pause, stopped);
+        pause = s->idle_ms;
+        stopped = s->stopped;
         struct stat now;
         int idle = !s->loop_done && stamped && !flock(s->lock, LOCK_EX | LOCK_NB);
         if (idle && flock(s->users, LOCK_EX | LOCK_NB)) {
@@ -525,7 +494,7 @@ static void *watch_users(void *arg) {
         /* Not lazy: a process still inside the mount without the users lock (a daemon
            that closed its fds) makes it busy, and the server keeps serving. */
         if (idle && unmount_now(s->mnt) != 0) {
-            pause = s->idle_ms > BUSY_RETRY_MS ? s->idle_ms : BUSY_RETRY_MS;
+            pause = pause > BUSY_RETRY_MS ? pause : BUSY_RETRY_MS;
         } else if (idle) {
             fuse_session_exit(s->se); /* the loop's threads get ENODEV and return */
             /* Nothing stays: a launcher waiting on a lock finds it unlinked once it
@@ -542,10 +511,29 @@ static void *watch_users(void *arg) {
     }
 }
 
-/* Tells the launcher why the server cannot serve ("E<message>"), and exits. */
-static void refuse(int ready, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
-static void refuse(int ready, const char *fmt, ...) {
-    char msg[PATH_MAX + 64] = "E";
+/* TERM, INT or HUP (stop_on_signals): the server leaves as soon as no app uses the
+   mount, as with an idle time of 0. The watcher is woken from its wait and unmounts,
+   not lazily, once the last app has let go of "users"; until then the mount stays
+   whole, so the apps inside still find files by path (a TERM handler that imports a
+   module or saves a checkpoint next to its data) and launches that arrive join it: a
+   lazy detach would give them all ENOENT. */
+static void stop(void *arg) {
+    struct server *s = arg;
+    pthread_mutex_lock(&s->mutex);
+    s->idle_ms = 0;
+    s->stopped = 1;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->mutex);
+}
+
+/* What the server tells its launcher on the `ready` pipe: "R", or why it cannot serve. */
+enum { READY = 'R', REFUSED = 'E', DAMAGED = 'D' /* extraction cannot help either */ };
+
+/* Tells the launcher why the server cannot serve, "<kind><message>", and exits. */
+static void refuse(int ready, char kind, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 3, 4)));
+static void refuse(int ready, char kind, const char *fmt, ...) {
+    char msg[PATH_MAX + 64] = {kind};
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg + 1, sizeof msg - 1, fmt, ap);
@@ -554,18 +542,33 @@ static void refuse(int ready, const char *fmt, ...) {
     _exit(1);
 }
 
-/* The server process: mounts, reports on `ready` ("R" or "E<message>"), serves. */
+/* The server process: mounts, reports on `ready` (READY, or refuse), serves. */
 static void serve(const struct image *img, const char *dir, const char *mnt, int ready) {
     struct server s = {.dir = dir, .mnt = mnt, .idle_ms = IDLE_MS_DEFAULT,
                        .lock = open_lock(dir, "lock"), .users = open_lock(dir, "users"),
                        .mutex = PTHREAD_MUTEX_INITIALIZER};
+    /* Timed on the monotonic clock, which no change of the date moves (not
+       pthread_cond_clockwait: glibc 2.30+, and RHEL 8 builds with 2.28). */
+    pthread_condattr_t monotonic;
+    if (pthread_condattr_init(&monotonic) ||
+        pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC) ||
+        pthread_cond_init(&s.wake, &monotonic))
+        refuse(ready, REFUSED, "cannot make the server's condition variable");
     const char *idle = getenv("APPIMAGE_IDLE_MS");
     char *end;
     long value = idle ? strtol(idle, &end, 10) : -1;
     if (idle && *idle && !*end && value >= 0) s.idle_ms = value; /* else the default */
-    if (s.lock < 0 || s.users < 0) refuse(ready, "cannot open the locks in %s", dir);
-    sqfs_ll *ll = sqfs_ll_open(img->path, img->offset);
-    if (!ll) refuse(ready, "cannot open the squashfs in %s", img->path);
+    if (s.lock < 0 || s.users < 0) refuse(ready, REFUSED, "cannot open the locks in %s", dir);
+    /* A launcher killed before it reads "R" must not kill the server with SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
+    /* Its metadata checked here, once per mount, on the descriptor it serves from: not
+       its data, which would mean reading the whole image at each mount (verify.c). */
+    char why[PATH_MAX + 128];
+    sqfs_ll *ll = calloc(1, sizeof *ll);
+    if (!ll) refuse(ready, REFUSED, "out of memory");
+    if (open_checked(img, &ll->fs, 0, why, sizeof why))
+        refuse(ready, errno == EUCLEAN ? DAMAGED : REFUSED, "%s", why);
+    if (sqfs_ll_init(ll)) refuse(ready, REFUSED, "cannot serve the squashfs of %s", img->path);
     char found[PATH_MAX], fsname[PATH_MAX + 8];
     /* root without fusermount3 mounts with mount(2); auto_unmount needs fusermount3 */
     int auto_unmount = !(getuid() == 0 && find_fusermount(found, sizeof found) &&
@@ -577,48 +580,32 @@ static void serve(const struct image *img, const char *dir, const char *mnt, int
         fuse_opt_add_opt(&options, "ro,nodev,nosuid,subtype=spack-appimage") ||
         (auto_unmount && fuse_opt_add_opt(&options, "auto_unmount")) ||
         fuse_opt_add_opt_escaped(&options, fsname))
-        refuse(ready, "cannot make the mount options for %s", img->path);
+        refuse(ready, REFUSED, "cannot make the mount options for %s", img->path);
     char *argv[] = {(char *)prog, "-o", options, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, argv);
     s.se = fuse_session_new(&args, &ops, sizeof ops, ll);
-    if (!s.se || fuse_session_mount(s.se, mnt)) refuse(ready, "the FUSE mount of %s failed", mnt);
+    if (!s.se || fuse_session_mount(s.se, mnt)) refuse(ready, REFUSED, "the FUSE mount of %s failed", mnt);
+    /* Before any other thread: they inherit the signals blocked. */
     pthread_t watcher;
-    int error = pthread_create(&watcher, NULL, watch_users, &s);
+    int error = stop_on_signals(stop, &s);
+    if (!error) error = pthread_create(&watcher, NULL, watch_users, &s);
     if (error) {
         fuse_session_unmount(s.se);
-        refuse(ready, "cannot start the server's watcher: %s", strerror(error));
+        refuse(ready, REFUSED, "cannot start the server's threads: %s", strerror(error));
     }
-    (void)!write(ready, "R", 1);
+    (void)!write(ready, (char[]){READY}, 1);
     close(ready);
     struct fuse_loop_config config = {.clone_fd = 0, .max_idle_threads = 10};
     fuse_session_loop_mt(s.se, &config);
     /* The loop ends when the watcher unmounted, or when the kernel ended the connection
-       (the mount was detached, or aborted): then the directory goes if nobody uses it.
-       The locks are the watcher's descriptors, so a watcher that holds one does not
-       make them look taken. */
+       (someone else unmounted it): then the directory goes once nobody uses it (the
+       last app's lock may be let go just after its last reference to the mount). */
     pthread_mutex_lock(&s.mutex);
     s.loop_done = 1;
-    if (!s.unmounted && !flock(s.lock, LOCK_EX | LOCK_NB) &&
-        !flock(s.users, LOCK_EX | LOCK_NB) && !is_mounted(mnt)) /* not a newer server's */
-        remove_mount_dir(dir);
+    int removed = s.unmounted;
+    pthread_mutex_unlock(&s.mutex);
+    if (!removed) remove_when_unused(dir, mnt);
     _exit(0);
-}
-
-/* The setuid-root fusermount3 in PATH that libfuse 3 runs to mount when not root
-   (libfuse 3 does not run fuse2's plain `fusermount`). */
-static int find_fusermount(char *out, size_t cap) {
-    const char *path = getenv("PATH");
-    struct stat st;
-    if (!path) return -1;
-    char *copy = strdup(path), *save = NULL;
-    for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        if (!path_printf(out, cap, "%s/fusermount3", d) && !stat(out, &st) && st.st_uid == 0 && (st.st_mode & S_ISUID)) {
-            free(copy);
-            return 0;
-        }
-    }
-    free(copy);
-    return -1;
 }
 
 /* Why FUSE cannot be used here, or NULL. */
@@ -630,39 +617,24 @@ static const char *fuse_unusable(void) {
     return NULL;
 }
 
-static int is_mounted(const char *mnt) {
-    struct statfs sf;
-    struct stat here, parent;
-    char up[PATH_MAX + 4];
-    return !path_printf(up, sizeof up, "%s/..", mnt) && !statfs(mnt, &sf) && (unsigned)sf.f_type == FUSE_SUPER_MAGIC && !stat(mnt, &here) &&
-           !stat(up, &parent) && here.st_dev != parent.st_dev;
-}
-
-/* A mount whose server died without auto_unmount (e.g. root without fusermount3). */
-static void clear_dead_mount(const char *mnt) {
-    char fusermount[PATH_MAX];
-    if (getuid() == 0 && !umount2(mnt, MNT_DETACH)) return;
-    if (find_fusermount(fusermount, sizeof fusermount)) return;
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl(fusermount, fusermount, "-u", "-z", mnt, (char *)NULL);
-        _exit(1);
+/* Closes every descriptor from `low` up but the two in `keep` (ascending): with
+   close_range where the kernel has it (Linux 5.9+), else each one /proc/self/fd lists
+   (RHEL 8's 4.18 kernel), else every number below the descriptor limit. */
+static void close_descriptors(int low, const int keep[2]) {
+    int from = low, failed = 0;
+    for (int i = 0; i < 2; i++) {
+        if (keep[i] > from) failed |= close_range(from, keep[i] - 1, 0);
+        if (keep[i] >= from) from = keep[i] + 1;
     }
-    if (pid > 0) waitpid(pid, NULL, 0);
-}
-
-/* Closes every descriptor from `low` up but `keep`: with close_range where the kernel
-   has it (Linux 5.9+), else each one /proc/self/fd lists (RHEL 8's 4.18 kernel), else
-   every number below the descriptor limit. */
-static void close_descriptors(int low, int keep) {
-    int below = keep > low ? close_range(low, keep - 1, 0) : 0;
-    if (!below && !close_range(keep >= low ? keep + 1 : low, ~0U, 0)) return;
+    if (!failed && !close_range(from, ~0U, 0)) return;
     DIR *d = opendir("/proc/self/fd");
     if (d) {
         struct dirent *e;
         while ((e = readdir(d))) {
             int fd = atoi(e->d_name);
-            if (e->d_name[0] != '.' && fd >= low && fd != keep && fd != dirfd(d)) close(fd);
+            if (e->d_name[0] != '.' && fd >= low && fd != keep[0] && fd != keep[1] &&
+                fd != dirfd(d))
+                close(fd);
         }
         closedir(d);
         return;
@@ -672,11 +644,12 @@ static void close_descriptors(int low, int keep) {
     long max = getrlimit(RLIMIT_NOFILE, &limit) || limit.rlim_cur > 65536
                    ? 65536 : (long)limit.rlim_cur;
     for (int fd = low; fd < max; fd++)
-        if (fd != keep) close(fd);
+        if (fd != keep[0] && fd != keep[1]) close(fd);
 }
 
-/* Starts the server in its own session, detached from this process, and waits until
-   it has mounted. Returns 0, or -1 with the reason in `why`. */
+/* Starts the server in its own session, detached from this process, under its guardian
+   (unmount.c: guard), and waits until it has mounted. Returns 0, or -1 with the reason
+   in `why`. */
 static int start_server(const struct image *img, const char *dir, const char *mnt,
                         char *why, size_t cap) {
     int pipefd[2];
@@ -692,74 +665,102 @@ static int start_server(const struct image *img, const char *dir, const char *mn
         /* Above 0-2, which /dev/null replaces below (a caller may have closed them). */
         int ready = pipefd[1] > 2 ? pipefd[1] : fcntl(pipefd[1], F_DUPFD_CLOEXEC, 3);
         if (ready < 0) _exit(1);
-        close_descriptors(3, ready);
+        /* The server reads the image from the descriptor it was checked on. */
+        int keep[2] = {ready < img->fd ? ready : img->fd, ready < img->fd ? img->fd : ready};
+        close_descriptors(3, keep);
         /* A failure here ends the server before "R": the launcher reports it died. */
         if (setsid() < 0) _exit(1);
-        pid_t server = fork();
-        if (server) _exit(server < 0);
+        /* The guardian and its server: not the session leader (which could get a
+           terminal), and not this process's children (the app would inherit them). */
+        pid_t guardian = fork();
+        if (guardian) _exit(guardian < 0);
         int null = open("/dev/null", O_RDWR);
         if (chdir("/") || null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 ||
             dup2(null, 2) < 0)
             _exit(1);
         if (null > 2) close(null);
-        serve(img, dir, mnt, ready);
+        if (guard(dir, mnt, ready, img->fd)) _exit(1);
+        serve(img, dir, mnt, ready); /* in the guardian's child */
     }
     close(pipefd[1]);
     waitpid(first, NULL, 0);
     char reply[PATH_MAX + 64] = {0};
     ssize_t n = read(pipefd[0], reply, sizeof reply - 1);
     close(pipefd[0]);
-    if (n > 0 && reply[0] == 'R') return 0;
+    if (n > 0 && reply[0] == READY) return 0;
     snprintf(why, cap, "%s", n > 1 ? reply + 1 : "the FUSE server died");
-    return -1;
+    return n > 0 && reply[0] == DAMAGED ? MOUNT_DAMAGED : -1;
 }
 
-/* Mounts (or joins the mount of) the image; returns the users-lock fd the app must
-   keep open, or -1 with the reason in `why`. */
-static int join_mount(const struct image *img, char *mnt, size_t cap, char *why, size_t wcap) {
-    char base[PATH_MAX], dir[PATH_MAX];
-    if (pick_base(0, 0, base, sizeof base))
-        return snprintf(why, wcap, "no usable directory for the mount point"), -1;
+/* The mount's directory <private dir>/<id>-<mount namespace> open in *dirfd, and its
+   lock files, "users" held shared and "lock" exclusive, both still the directory's
+   (a server that unmounted removes them). 0, or -1 with the reason in `why`. */
+static int lock_mount_dir(const struct image *img, int *dirfd, int *users, int *lock,
+                          char *mnt, size_t cap, char *why, size_t wcap) {
+    struct privdir base;
+    char name[128], dir[PATH_MAX];
     /* One mount per mount namespace: launches in other namespaces (containers,
        unshare -m, job sandboxes) that share this directory cannot see the mount. */
     struct stat ns;
-    int too_long = stat("/proc/self/ns/mnt", &ns) == 0
-        ? path_printf(dir, sizeof dir, "%s/%s-%llu", base, img->id, (unsigned long long)ns.st_ino)
-        : path_printf(dir, sizeof dir, "%s/%s", base, img->id);
-    if (too_long || path_printf(mnt, cap, "%s/mnt", dir))
-        return snprintf(why, wcap, "the mount point's path in %s is too long", base), -1;
-    if (mkdir(dir, 0700) && errno != EEXIST)
-        return snprintf(why, wcap, "mkdir %s: %s", dir, strerror(errno)), -1;
-    int users, lock;
-    for (int attempt = 0;; attempt++) {
-        users = open_lock(dir, "users"), lock = open_lock(dir, "lock");
-        if (users < 0 || lock < 0) {
-            int error = errno;
-            if (users >= 0) close(users);
-            if (lock >= 0) close(lock);
-            /* A server removed the directory between our mkdir and open: again. */
-            if (error == ENOENT && attempt < 100 && !(mkdir(dir, 0700) && errno != EEXIST))
-                continue;
-            return snprintf(why, wcap, "cannot create locks in %s: %s", dir, strerror(error)), -1;
-        }
-        if (flock(users, LOCK_SH) || flock(lock, LOCK_EX)) {
-            snprintf(why, wcap, "cannot lock %s: %s", dir, strerror(errno));
-            close(users), close(lock);
-            return -1;
-        }
-        if (still_linked(users, dir, "users") && still_linked(lock, dir, "lock")) break;
-        close(users), close(lock); /* a server removed them while we waited: again */
-        if (mkdir(dir, 0700) && errno != EEXIST)
-            return snprintf(why, wcap, "mkdir %s: %s", dir, strerror(errno)), -1;
+    if (stat("/proc/self/ns/mnt", &ns)) ns.st_ino = 0;
+    if (path_printf(name, sizeof name, "%s-%llu", img->id, (unsigned long long)ns.st_ino))
+        return snprintf(why, wcap, "the image ID is too long"), -1;
+    if (pick_base(strlen(name) + sizeof "/mnt", &base))
+        return snprintf(why, wcap, "no usable directory for the mount point"), -1;
+    int rc = -1;
+    if (path_printf(dir, sizeof dir, "%s/%s", base.path, name) ||
+        path_printf(mnt, cap, "%s/mnt", dir)) {
+        snprintf(why, wcap, "the mount point's path in %s is too long", base.path);
+        privdir_close(&base, 1);
+        return -1;
     }
+    for (int attempt = 0; rc && attempt < 100; attempt++) {
+        *users = *lock = -1;
+        *dirfd = private_subdir(base.fd, name, NULL);
+        if (*dirfd < 0) {
+            snprintf(why, wcap, "cannot make %s: %s", dir, strerror(errno));
+            break;
+        }
+        /* Only a server that removed the directory, or its locks, while we opened or
+           waited is worth another try; other errors (EACCES, ENOSPC, EDQUOT) stay. */
+        int again = 0;
+        if ((*users = open_lock_at(*dirfd, "users")) < 0 || (*lock = open_lock_at(*dirfd, "lock")) < 0) {
+            again = errno == ENOENT; /* the directory was removed */
+            snprintf(why, wcap, "cannot create locks in %s: %s", dir, strerror(errno));
+        } else if (flock(*users, LOCK_SH) || flock(*lock, LOCK_EX)) {
+            snprintf(why, wcap, "cannot lock %s: %s", dir, strerror(errno));
+        } else if (still_linked_at(base.fd, name, *dirfd) &&
+                   still_linked_at(*dirfd, "users", *users) &&
+                   still_linked_at(*dirfd, "lock", *lock)) {
+            rc = 0;
+            break;
+        } else {
+            again = 1;
+            snprintf(why, wcap, "%s keeps being removed", dir);
+        }
+        if (*users >= 0) close(*users);
+        if (*lock >= 0) close(*lock);
+        close(*dirfd);
+        if (!again) break;
+    }
+    privdir_close(&base, 0);
+    return rc;
+}
+
+/* Mounts (or joins the mount of) the image; returns the users-lock fd the app must
+   keep open, or -1 with the reason in `why` (MOUNT_DAMAGED: the image is damaged). */
+static int join_mount(const struct image *img, char *mnt, size_t cap, char *why, size_t wcap) {
+    int dirfd, users, lock;
+    char dir[PATH_MAX];
+    if (lock_mount_dir(img, &dirfd, &users, &lock, mnt, cap, why, wcap)) return -1;
+    snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(mnt, '/') - mnt), mnt);
     int rc = 0;
     if (futimens(users, NULL)) { /* an arrival, for the server's idle timer (watch_users) */
         snprintf(why, wcap, "cannot mark %s/users: %s", dir, strerror(errno));
         rc = -1;
     } else if (!is_mounted(mnt)) {
-        struct statfs sf;
-        if (statfs(mnt, &sf) && errno == ENOTCONN) clear_dead_mount(mnt);
-        if (mkdir(mnt, 0700) && errno != EEXIST) {
+        clear_dead_mount(mnt); /* its server and guardian were both killed (a job's end) */
+        if (mkdirat(dirfd, "mnt", 0700) && errno != EEXIST) {
             snprintf(why, wcap, "mkdir %s: %s", mnt, strerror(errno));
             rc = -1;
         } else {
@@ -769,10 +770,12 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
     } else {
         say("joining the mount at %s", mnt);
     }
+    if (rc) abandon_mount(dir, mnt, users); /* a failed mount leaves nothing */
     close(lock); /* releases the mount lock */
+    close(dirfd);
     if (rc) {
         close(users);
-        return -1;
+        return rc == MOUNT_DAMAGED ? rc : -1;
     }
     if (fcntl(users, F_SETFD, 0)) { /* inherited by the app: its shared lock keeps the mount */
         close(users);
@@ -783,206 +786,54 @@ static int join_mount(const struct image *img, char *mnt, size_t cap, char *why,
 
 /* ---------------------------------------------------------------- extraction */
 
-/* Writes the content of the regular file `inode` to `fd`; 0, or -1 on a read or
-   write error (a short write, such as a full disk, is an error). */
-static int copy_file(sqfs *fs, sqfs_inode *inode, int fd) {
-    static char buf[1 << 17];
-    off_t size = inode->xtra.reg.file_size, pos = 0;
-    while (pos < size) {
-        sqfs_off_t n = size - pos < (off_t)sizeof buf ? size - pos : (off_t)sizeof buf;
-        if (sqfs_read_range(fs, inode, pos, &n, buf) || write(fd, buf, n) != n) return -1;
-        pos += n;
-    }
-    return 0;
-}
-
-static int write_file(sqfs *fs, sqfs_inode *inode, int dirfd, const char *name, mode_t mode) {
-    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) return -1;
-    if (copy_file(fs, inode, fd)) {
-        close(fd);
-        return -1;
-    }
-    if (fchmod(fd, mode)) {
-        close(fd);
-        return -1;
-    }
-    return close(fd);
-}
-
-/* The directory that holds `path` (relative to `rootfd`), created as needed; every
-   component must be a real directory: a symlink or ".." in the image (or planted in an
-   existing tree) cannot lead the extraction elsewhere. Returns an fd; *leaf is the last
-   component. */
-static int open_parent(int rootfd, char *path, const char **leaf) {
-    int dirfd = dup(rootfd);
-    if (dirfd < 0) return -1;
-    char *save = NULL, *part = strtok_r(path, "/", &save), *next;
-    for (; part && (next = strtok_r(NULL, "/", &save)); part = next) {
-        if (!strcmp(part, ".") || !strcmp(part, "..")) break;
-        if (mkdirat(dirfd, part, 0755) && errno != EEXIST) {
-            close(dirfd);
-            return -1;
-        }
-        int sub = openat(dirfd, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        close(dirfd);
-        if (sub < 0) return -1;
-        dirfd = sub;
-    }
-    if (!part || !strcmp(part, ".") || !strcmp(part, "..")) {
-        close(dirfd);
-        errno = EINVAL;
-        return -1;
-    }
-    *leaf = part;
-    return dirfd;
-}
-
-static int extract_entry(sqfs *fs, sqfs_inode *inode, int dirfd, const char *name) {
-    mode_t mode = inode->base.mode & 0777;
-    if (S_ISDIR(inode->base.mode)) {
-        if (mkdirat(dirfd, name, 0700) && errno != EEXIST) return -1;
-        int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0) return -1;
-        if (fchmod(fd, mode | 0700)) {
-            close(fd);
-            return -1;
-        }
-        return close(fd);
-    }
-    if (S_ISREG(inode->base.mode)) {
-        if (unlinkat(dirfd, name, 0) && errno != ENOENT) return -1;
-        return write_file(fs, inode, dirfd, name, mode);
-    }
-    if (S_ISLNK(inode->base.mode)) {
-        char target[PATH_MAX];
-        size_t size = sizeof target;
-        if (sqfs_readlink(fs, inode, target, &size)) return -1;
-        if (unlinkat(dirfd, name, 0) && errno != ENOENT) return -1;
-        return symlinkat(target, dirfd, name);
-    }
-    return 0; /* devices and fifos are not extracted */
-}
-
-/* Opens the image's squashfs for reading (extraction, --appimage-manifest); says why
-   not on stderr. */
+/* Opens the image's squashfs for reading (extraction, --appimage-extract,
+   --appimage-manifest), all of it checked first (open_checked: what is extracted is then
+   what was built, and damage is found before anything is written); says why not on
+   stderr, in one line. */
 static int open_squashfs(const struct image *img, sqfs *fs) {
-    if (!sqfs_open_image(fs, img->path, img->offset)) return 0;
-    fprintf(stderr, "%s: cannot open the squashfs of %s\n", prog, img->path);
+    char why[PATH_MAX + 128];
+    if (!open_checked(img, fs, 1, why, sizeof why)) return 0;
+    int error = errno;
+    fprintf(stderr, "%s: %s\n", prog, why);
+    errno = error;
     return -1;
 }
 
 static void close_squashfs(sqfs *fs) {
-    close(fs->fd); /* sqfs_destroy leaves the image's descriptor open */
-    sqfs_destroy(fs);
+    sqfs_destroy(fs); /* leaves the image's descriptor open: struct image keeps it */
 }
 
-/* Extracts every path matching `pattern` (all if NULL) under the directory `root`. */
-static int extract(const struct image *img, const char *root, const char *pattern) {
+/* The image extracted into the cache in the first candidate that takes it (one that
+   fails is cleaned, and the next is tried); dies with every candidate's reason when
+   none does. The copy is marked used by this process (ex->users). */
+static void join_extraction(const struct image *img, struct extraction *ex) {
+    const char *list[6];
+    char why[PATH_MAX + 256], reasons[8 * sizeof why] = "";
     sqfs fs;
-    if (open_squashfs(img, &fs)) return -1;
-    int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    sqfs_traverse trv;
-    if (rootfd < 0 || sqfs_traverse_open(&trv, &fs, sqfs_inode_root(&fs))) {
-        fprintf(stderr, "%s: cannot extract into %s: %s\n", prog, root, strerror(errno));
-        if (rootfd >= 0) close(rootfd);
-        close_squashfs(&fs);
-        return -1;
-    }
-    sqfs_err err = SQFS_OK;
-    int rc = 0;
-    while (rc == 0 && sqfs_traverse_next(&trv, &err)) {
-        if (trv.dir_end) continue;
-        if (pattern && fnmatch(pattern, trv.path, FNM_PATHNAME | FNM_LEADING_DIR)) continue;
-        char path[PATH_MAX];
-        const char *leaf;
-        sqfs_inode inode;
-        int dirfd = path_printf(path, sizeof path, "%s", trv.path) ? -1
-                    : open_parent(rootfd, path, &leaf);
-        if (dirfd < 0 || sqfs_inode_get(&fs, &inode, sqfs_dentry_inode(&trv.entry)) ||
-            extract_entry(&fs, &inode, dirfd, leaf)) {
-            fprintf(stderr, "%s: cannot extract %s into %s: %s\n", prog, trv.path, root,
-                    strerror(errno));
-            rc = -1;
+    int n = candidates(list), opened = 0, state = -1;
+    for (int i = 0; i < n && state != CACHE_READY; i++) {
+        /* A failed cache_join leaves nothing; after it, cache_abandon cleans. */
+        state = cache_join(list[i], img->id, ex, why, sizeof why);
+        int joined = state >= 0;
+        if (state == CACHE_EMPTY) {
+            if (!opened && open_squashfs(img, &fs)) {
+                cache_abandon(ex); /* nothing of the refused image stays */
+                exit(EXIT_RUNTIME); /* open_squashfs said why */
+            }
+            opened = 1;
+            state = cache_fill(ex, &fs, img->path, why, sizeof why);
         }
-        if (dirfd >= 0) close(dirfd);
-        if (verbose && rc == 0) fprintf(stderr, "%s\n", trv.path);
+        if (state == CACHE_READY && cache_use(ex, why, sizeof why)) state = -1;
+        if (state == CACHE_READY) break;
+        if (joined) cache_abandon(ex);
+        say("skipping %s: %s", list[i], why);
+        size_t used = strlen(reasons);
+        snprintf(reasons + used, sizeof reasons - used, "%s%s: %s", used ? "; " : "", list[i], why);
     }
-    if (err && rc == 0) {
-        fprintf(stderr, "%s: the squashfs of %s is damaged\n", prog, img->path);
-        rc = -1;
-    }
-    sqfs_traverse_close(&trv);
-    close(rootfd);
-    close_squashfs(&fs);
-    return rc;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-    (void)st, (void)ftw;
-    return type == FTW_DP ? rmdir(path) : unlink(path);
-}
-
-static int remove_tree(const char *path) {
-    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Removes what an interrupted extraction or cleanup left (the lock is held). */
-static void remove_stale(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char path[PATH_MAX * 2];
-    while (d && (e = readdir(d))) {
-        if (strncmp(e->d_name, "tmp.", 4) && strcmp(e->d_name, "root.old")) continue;
-        if (!path_printf(path, sizeof path, "%s/%s", dir, e->d_name)) (void)remove_tree(path);
-    }
-    if (d) closedir(d);
-}
-
-/* Extracts into the cache once (private temp dir, then rename, under the lock); returns
-   the users-lock fd that marks this process as using the tree. */
-static int join_extraction(const struct image *img, char *root, size_t cap, char *dir, size_t dcap) {
-    char base[PATH_MAX];
-    if (pick_base(1, img->unpacked, base, sizeof base))
-        die("no directory allows extraction (exec allowed, %llu bytes free, private): "
-            "set TMPDIR to a node-local directory", img->unpacked);
-    if (path_printf(dir, dcap, "%s/%s", base, img->id) || path_printf(root, cap, "%s/root", dir))
-        die("the extraction's path in %s is too long: set TMPDIR to a shorter directory", base);
-    if (mkdir(dir, 0700) && errno != EEXIST) die("mkdir %s: %s", dir, strerror(errno));
-    int lock = open_lock(dir, "lock"), users = open_lock(dir, "users");
-    if (lock < 0 || users < 0) die("cannot create locks in %s", dir);
-    if (flock(lock, LOCK_EX)) die("cannot lock %s: %s", dir, strerror(errno));
-    remove_stale(dir);
-    if (access(root, F_OK)) {
-        char tmp[PATH_MAX];
-        if (path_printf(tmp, sizeof tmp, "%s/tmp.XXXXXX", dir) || !mkdtemp(tmp))
-            die("cannot make a directory in %s: %s", dir, strerror(errno));
-        say("extracting %s to %s", img->path, root);
-        if (extract(img, tmp, NULL) || rename(tmp, root)) {
-            remove_tree(tmp);
-            die("cannot extract %s into %s", img->path, dir);
-        }
-    }
-    if (flock(users, LOCK_SH)) die("cannot lock %s: %s", dir, strerror(errno));
-    close(lock);
-    return users;
-}
-
-/* Removes the tree if nobody else uses it (and NO_CLEANUP is not set). */
-static void leave_extraction(const char *dir, const char *root, int users) {
-    close(users);
-    if (getenv("NO_CLEANUP")) return;
-    int lock = open_lock(dir, "lock");
-    users = open_lock(dir, "users");
-    /* Without the lock the tree stays, for the next run to reuse or remove. */
-    if (lock >= 0 && users >= 0 && !flock(lock, LOCK_EX) && !flock(users, LOCK_EX | LOCK_NB)) {
-        remove_stale(dir);
-        char doomed[PATH_MAX + 16];
-        if (!path_printf(doomed, sizeof doomed, "%s.old", root) && !rename(root, doomed))
-            (void)remove_tree(doomed); /* what is left is removed by the next remove_stale */
-    }
-    if (users >= 0) close(users);
-    if (lock >= 0) close(lock);
+    if (opened) close_squashfs(&fs);
+    if (state != CACHE_READY)
+        die("no directory allows extraction (%s): set TMPDIR to a node-local directory of "
+            "yours with room for the image", reasons);
 }
 
 static volatile pid_t child;
@@ -994,12 +845,26 @@ static void forward(int sig, siginfo_t *info, void *context) {
     if (child > 0 && info->si_code != SI_KERNEL) kill(child, sig);
 }
 
+/* Runs the copy's AppRun through the copy's descriptor: no name is looked up again. A
+   #! script cannot run so (the kernel hands its interpreter /dev/fd/N/AppRun, and N is
+   closed by then: ENOENT); it runs by its path, which no other user can change
+   (privdir.c). */
+static void exec_apprun(const struct extraction *ex, char **argv) {
+    char apprun[PATH_MAX + 8];
+    execveat(ex->root, "AppRun", argv, environ, 0);
+    int error = errno;
+    if (error == ENOENT && !faccessat(ex->root, "AppRun", X_OK, 0) &&
+        !path_printf(apprun, sizeof apprun, "%s/AppRun", ex->root_path)) {
+        execv(apprun, argv);
+        error = errno;
+    }
+    fprintf(stderr, "%s: cannot run %s/AppRun: %s\n", prog, ex->root_path, strerror(error));
+}
+
 static int run_extracted(const struct image *img, char **argv, const char *owd) {
-    char root[PATH_MAX], dir[PATH_MAX], apprun[PATH_MAX + 8];
-    int users = join_extraction(img, root, sizeof root, dir, sizeof dir);
-    if (path_printf(apprun, sizeof apprun, "%s/AppRun", root)) die("%s/AppRun: path too long", root);
-    const char *argv0 = argv[0];
-    set_app_environment(img, root, argv0, owd);
+    struct extraction ex;
+    join_extraction(img, &ex);
+    set_app_environment(img, ex.root_path, argv[0], owd);
     int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
     struct sigaction sa = {.sa_sigaction = forward, .sa_flags = SA_SIGINFO | SA_RESTART};
     sigset_t forwarded, previous;
@@ -1020,9 +885,8 @@ static int run_extracted(const struct image *img, char **argv, const char *owd) 
         for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &dfl, NULL);
         sigprocmask(SIG_SETMASK, &previous, NULL);
         /* the app and its children keep the tree in use */
-        if (fcntl(users, F_SETFD, 0)) _exit(EXIT_RUNTIME);
-        execv(apprun, argv);
-        fprintf(stderr, "%s: cannot run %s: %s\n", prog, apprun, strerror(errno));
+        if (fcntl(ex.users, F_SETFD, 0)) _exit(EXIT_RUNTIME);
+        exec_apprun(&ex, argv);
         _exit(EXIT_RUNTIME);
     }
     child = pid;
@@ -1031,7 +895,7 @@ static int run_extracted(const struct image *img, char **argv, const char *owd) 
     while (waitpid(child, &status, 0) < 0)
         if (errno != EINTR) die("waitpid: %s", strerror(errno));
     child = 0;
-    leave_extraction(dir, root, users);
+    cache_leave(&ex);
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
 }
@@ -1101,24 +965,62 @@ static int doctor(const struct image *img) {
     int n = candidates(list);
     for (int i = 0; i < n; i++) {
         struct statvfs sv;
+        char reason[PATH_MAX + 128];
         if (statvfs(list[i], &sv)) { printf("directory %s: missing\n", list[i]); continue; }
-        printf("directory %s: exec %s, %llu MiB free, writable %s\n", list[i],
+        int unsafe = candidate_safe(list[i], reason, sizeof reason);
+        printf("directory %s: exec %s, %llu MiB free, writable %s, %s%s\n", list[i],
                (sv.f_flag & ST_NOEXEC) ? "NOT allowed" : "allowed",
                (unsigned long long)sv.f_bavail * sv.f_frsize >> 20,
-               access(list[i], W_OK) ? "no" : "yes");
+               access(list[i], W_OK) || (sv.f_flag & ST_RDONLY) ? "no" : "yes",
+               unsafe ? "NOT safe: " : "safe from other users", unsafe ? reason : "");
     }
-    if (img->unpacked) printf("extraction needs: %llu MiB\n", img->unpacked >> 20);
+    /* Counted as extraction counts it: each file rounded up to 4 KiB blocks. */
+    sqfs fs;
+    struct needs needs;
+    if (!open_squashfs(img, &fs)) {
+        if (!extraction_needs(&fs, 4096, &needs))
+            printf("extraction needs: %.1f MiB (4 KiB blocks), %llu inodes\n",
+                   needs.blocks * 4096.0 / (1 << 20), needs.inodes);
+        close_squashfs(&fs);
+    }
     return 0;
 }
 
+/* --appimage-portable-home/-config: <image>.home or .config, private to this user
+   (set_portable uses nothing else). */
 static int portable(const struct image *img, const char *suffix) {
-    char path[PATH_MAX + 16];
+    char path[PATH_MAX + 16], real[PATH_MAX], why[PATH_MAX + 64];
     if (path_printf(path, sizeof path, "%s.%s", img->path, suffix) ||
         (mkdir(path, 0700) && errno != EEXIST))
         fprintf(stderr, "Error creating portable %s directory %s: %s\n", suffix, path, strerror(errno));
+    else if (owned_directory(path, real, why, sizeof why))
+        fprintf(stderr, "Error: %s exists and cannot be used: %s\n", path, why);
     else
         fprintf(stderr, "Portable %s directory created at %s\n", suffix, path);
     return 0;
+}
+
+/* --appimage-extract: into ./squashfs-root, made if missing (and removed again if this
+   run made it and then failed: nothing half-written stays). */
+static int extract_here(const struct image *img, const char *pattern) {
+    char why[PATH_MAX + 256], cwd[PATH_MAX];
+    int made = mkdir("squashfs-root", 0755) == 0;
+    int root = made || errno == EEXIST
+        ? open("squashfs-root", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    if (root < 0) {
+        const char *cause = strerror(errno); /* before getcwd, which may set errno */
+        fprintf(stderr, "%s: cannot create squashfs-root in %s: %s (run it in a directory you "
+                "can write)\n", prog, getcwd(cwd, sizeof cwd) ? cwd : ".", cause);
+        return 1;
+    }
+    sqfs fs;
+    int rc = open_squashfs(img, &fs) ? -2
+             : extract_tree(&fs, root, "squashfs-root", pattern, why, sizeof why);
+    if (rc != -2) close_squashfs(&fs);
+    if (rc == -1) fprintf(stderr, "%s: %s\n", prog, why);
+    close(root);
+    if (rc && made) (void)remove_tree_at(AT_FDCWD, "squashfs-root");
+    return rc ? 1 : 0;
 }
 
 /* The official runtime looks only at the first argument that starts with "--". */
@@ -1149,8 +1051,7 @@ int main(int argc, char **argv) {
         if (!strcmp(arg, "appimage-offset")) return printf("%lld\n", (long long)img.offset), 0;
         if (!strcmp(arg, "appimage-extract")) {
             if (argc > 3) { fprintf(stderr, "Unexpected argument count: %d\n", argc - 1); return 1; }
-            mkdir("squashfs-root", 0755);
-            return extract(&img, "squashfs-root", argc == 3 ? argv[2] : NULL) ? 1 : 0;
+            return extract_here(&img, argc == 3 ? argv[2] : NULL);
         }
         if (!strcmp(arg, "appimage-updateinformation") || !strcmp(arg, "appimage-updateinfo"))
             return print_section(&img, ".upd_info"), 0;
@@ -1184,6 +1085,7 @@ int main(int argc, char **argv) {
     const char *why = fuse_unusable();
     char mnt[PATH_MAX], reason[PATH_MAX + 64];
     int users = why ? -1 : join_mount(&img, mnt, sizeof mnt, reason, sizeof reason);
+    if (users == MOUNT_DAMAGED) die("%s", reason); /* extraction would refuse it too */
     if (users < 0) {
         if (!getenv("APPIMAGE_QUIET"))
             fprintf(stderr, "%s: cannot mount (%s); extracting instead\n", prog, why ? why : reason);
