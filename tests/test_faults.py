@@ -18,7 +18,7 @@ import threading
 import time
 
 import pytest
-from conftest import _require, fails, wait_for_line
+from conftest import _gone, _require, fails, mount_dirs_in, wait_for_line
 
 import spack
 from spack.extensions.appimage import assemble, desktop, scratch
@@ -508,6 +508,8 @@ def test_runtime_uses_a_directory_of_its_own_where_another_user_took_the_name(si
     [own] = [p for p in planted.iterdir() if p.name.startswith(f"{trap.name}.")]
     assert own.stat().st_uid == nobody and own.stat().st_mode & 0o777 == 0o700
     assert not os.path.exists(f"{shared}/planted-ran")
+    # nobody's mount (closed even to root) goes after the server's idle time
+    assert _gone(mount_dirs_in, str(planted), 10), mount_dirs_in(str(planted))
     shutil.rmtree(shared)
 
 
