@@ -221,3 +221,12 @@ def test_audit_reads_needed_alike_with_and_without_spack_verify_libraries(site, 
     [hello] = glob.glob(str(appdir / "opt" / "ai-hello-*" / "bin" / "ai-hello"))
     expected = {os.path.relpath(hello, appdir): ["libside.so"]}
     assert [read(str(appdir), patterns) for read in readings] == [expected, expected]
+
+
+def test_an_exclude_spec_that_names_no_spec_is_an_error(site, tmp_path):
+    """A misspelt --exclude-spec would leave nothing out, silently."""
+    line = fails(site, "--entry", "ai-hello=ai-hello", "--exclude-spec", "ai-lef",
+                 "-o", str(tmp_path / "x.app"), env=site.env)
+    assert line == ("==> Error: --exclude-spec ai-lef names no spec of the environment; "
+                    "did you mean ai-leaf?"), line
+    assert os.listdir(tmp_path) == []

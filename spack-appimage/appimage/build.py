@@ -203,6 +203,7 @@ def run(env, options: Options) -> Result:
         desktop.check_names(options.output, options.entries)  # before they are printed
         nodes = entries.link_run_nodes(env)
         found = entries.find_all(options.entries, nodes)
+        interpreters.check_left_out(options.exclude_specs, nodes)
         _check_default(options, found)
         if options.sbom:
             if not options.dry_run and os.path.abspath(options.sbom) == os.path.abspath(

@@ -33,6 +33,7 @@ A new language is one more :data:`LANGUAGES` row: its package, its library trees
 extension's module trees, as prefix-relative globs (``{version}`` is ``MAJOR.MINOR``).
 """
 
+import difflib
 import fnmatch
 import glob
 import os
@@ -116,6 +117,20 @@ def extendee(spec):
     if spec.external or not any(dep.name in LANGUAGES for dep in spec.dependencies()):
         return None  # no package class needed for the common case
     return spec.package.extendee_spec
+
+
+def check_left_out(left_out: Sequence[str], nodes: Sequence) -> None:
+    """Each name or glob of ``--exclude-spec`` (and ``config:appimage:exclude_specs``)
+    names a spec of the environment: a misspelt one would otherwise leave nothing out, and
+    say nothing."""
+    names = sorted({node.name for node in nodes})
+    for pattern in left_out:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.75)
+            hint = f"did you mean {' or '.join(close)}?" if close else \
+                "`spack -e ENV find` lists the environment's specs"
+            raise AppImageError(f"--exclude-spec {pattern} names no spec of the environment",
+                                hint)
 
 
 def extensions(interpreters: Iterable, nodes: Sequence, left_out: Sequence[str] = ()) -> List:
