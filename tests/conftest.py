@@ -115,6 +115,25 @@ def repos_config(*namespaces: str, indent: str = "") -> str:
     return "".join(f"{indent}{line}\n" for line in ["repos:"] + lines)
 
 
+def _left_in_memory_and_tmp():
+    """What of the extension is in /dev/shm (memory on a shared node) and /tmp: AppDirs and
+    partial images of builds, the runtime's per-user directories, mounts and copies."""
+    return {os.path.join(d, name) for d in ("/dev/shm", "/tmp") for name in os.listdir(d)
+            if name.startswith("spack-appimage") and not name.startswith("spack-appimage-tests-")
+            and (d == "/dev/shm" or name.startswith("spack-appimage-build-"))}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """The suite leaves no build directory in /dev/shm or /tmp and nothing of the runtime
+    in /dev/shm, whatever its tests killed (the next build, or the runtime itself, must
+    have removed it)."""
+    before = _left_in_memory_and_tmp()
+    yield
+    assert _gone(lambda _: _left_in_memory_and_tmp() - before, None, 10), \
+        sorted(_left_in_memory_and_tmp() - before)
+
+
 def pytest_collection_modifyitems(session, config, items):
     if spack is None:
         pytest.exit(SPACK_MISSING, returncode=1)
