@@ -137,6 +137,8 @@ def test_the_shebang_of_a_script_entry_is_not_reported_as_naming_the_store(site,
     form's two lines), though they name the store, are never read by the kernel."""
     report = json.loads(site("appimage", "--entry", "say-hello", "--entry", "say-sbang",
                              "--dry-run", "--json", env=site.env, cwd=tmp_path).stdout)
+    planned = {tree["entry"]: tree["path"] for tree in report["entries"]}
+    assert planned["say-hello"].endswith("/bin/say-hello"), planned  # in the image...
     reported = [p for leak in report["store_paths"] for p in leak["paths"]]
     assert not [p for p in reported if p.endswith(("/say-hello", "/say-sbang"))], reported
 

@@ -158,33 +158,36 @@ SUPERBLOCK = 96
 BYTES_USED, INODE_TABLE = 40, 64
 
 
-def squashfs_crcs(f, start: int) -> Tuple[int, int]:
-    """CRC-32s of the squashfs at ``start`` in ``f`` (the same bytes as runtime/verify.c's
-    squashfs_check): of its superblock and metadata (everything from the inode table to
-    ``bytes_used``, where mksquashfs writes all its tables), checked at each mount; and
-    of all of it (to ``bytes_used``), checked at each extraction."""
+def squashfs_sums(f, start: int) -> Tuple[str, int, int]:
+    """In one pass over the squashfs at ``start`` in ``f`` (to the end of the file): its
+    SHA-256, and CRC-32s (the same bytes as runtime/verify.c's squashfs_check) of its
+    superblock and metadata (everything from the inode table to ``bytes_used``, where
+    mksquashfs writes all its tables), checked at each mount, and of all of it (to
+    ``bytes_used``), checked at each extraction."""
     f.seek(start)
     superblock = f.read(SUPERBLOCK)
     (end,) = struct.unpack_from("<Q", superblock, BYTES_USED)
     (tables,) = struct.unpack_from("<Q", superblock, INODE_TABLE)
+    digest = hashlib.sha256(superblock)
     whole, metadata, at = zlib.crc32(superblock), zlib.crc32(superblock), SUPERBLOCK
-    while at < end:
-        block = f.read(min(1 << 20, end - at))
-        if not block:
-            raise OutputError("the squashfs is shorter than its superblock says",
-                              "check free space where the output goes, then build again")
-        whole = zlib.crc32(block, whole)
-        if at + len(block) > tables:
-            metadata = zlib.crc32(block[max(0, tables - at):], metadata)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+        counted = block[:max(0, end - at)]  # mksquashfs pads after bytes_used
+        whole = zlib.crc32(counted, whole)
+        if at + len(counted) > tables:
+            metadata = zlib.crc32(counted[max(0, tables - at):], metadata)
         at += len(block)
-    return metadata, whole
+    if at < end:
+        raise OutputError("the squashfs is shorter than its superblock says",
+                          "check free space where the output goes, then build again")
+    return digest.hexdigest(), metadata, whole
 
 
 def stamp_image_id(image: str, runtime: str, id_section: str, unpacked_bytes: int) -> None:
     """Write "<id> <unpacked bytes> <metadata CRC> <squashfs CRC>" into the runtime's ID
     section of ``image``: the first 128 bits of the squashfs's SHA-256, so the runtime keys
     its extraction cache and shared mount by content without hashing the file at every
-    start; and :func:`squashfs_crcs`, which the runtime checks once per mount or extraction
+    start; and the CRC-32s of :func:`squashfs_sums`, which the runtime checks once per mount or extraction
     before squashfuse reads anything (runtime/verify.c; runtime.c's open_image reads the
     fields). The unpacked bytes stay in second place for runtimes of earlier releases,
     which read the first two fields; this one skips them. Runtimes without the section
@@ -193,13 +196,8 @@ def stamp_image_id(image: str, runtime: str, id_section: str, unpacked_bytes: in
     if where is None:
         return
     offset, size = where
-    digest = hashlib.sha256()
     with open(image, "rb+") as f:
-        start = os.path.getsize(runtime)
-        f.seek(start)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-        metadata, whole = squashfs_crcs(f, start)
-        text = f"{digest.hexdigest()[:32]} {unpacked_bytes} {metadata:08x} {whole:08x}".encode()
+        sha256, metadata, whole = squashfs_sums(f, os.path.getsize(runtime))
+        text = f"{sha256[:32]} {unpacked_bytes} {metadata:08x} {whole:08x}".encode()
         f.seek(offset)
         f.write(text + b"\0" * (size - len(text)))

@@ -20,8 +20,9 @@ def named(name: str) -> List:
     import spack.store
 
     try:
-        records = spack.store.STORE.db.query(installed=True)
+        records = spack.store.STORE.db.query(
+            installed=True, predicate_fn=lambda record: record.spec.name == name)
     except (OSError, spack.error.SpackError) as e:
         tty.debug(f"cannot read the store's database: {e}")
         return []
-    return sorted((s for s in records if s.name == name), key=lambda s: s.version, reverse=True)
+    return sorted(records, key=lambda s: s.version, reverse=True)

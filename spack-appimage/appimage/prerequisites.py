@@ -10,6 +10,7 @@ This module imports nothing but the standard library: it must work when pyelftoo
 itself is what is missing.
 """
 
+import functools
 import os
 import sys
 import sysconfig
@@ -55,7 +56,10 @@ SPACK_PACKAGES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def os_release(path: str = "/etc/os-release") -> Dict[str, str]:
+    """The KEY=value pairs of os-release. (Spack vendors ``distro``, but under another
+    module name in each release the extension supports; these few lines need none.)"""
     try:
         with open(path) as f:
             pairs = [line.rstrip("\n").split("=", 1) for line in f if "=" in line]

@@ -66,12 +66,10 @@ def find_patchelf() -> Patchelf:
     import spack.bootstrap
     import spack.util.executable
 
-    on_path = spack.util.executable.which("patchelf")
-    if on_path:
-        return Patchelf(on_path)
     fix = f"install it: {prerequisites.install_command('patchelf')}, and put it on PATH"
-    tty.msg(f"patchelf is not on PATH: Spack bootstraps it (once; this can take minutes). "
-            f"To skip that, {fix}")
+    if not spack.util.executable.which("patchelf"):  # Spack's lookup would build it
+        tty.msg(f"patchelf is not on PATH: Spack bootstraps it (once; this can take "
+                f"minutes). To skip that, {fix}")
     try:
         with spack.bootstrap.ensure_bootstrap_configuration():
             return Patchelf(spack.bootstrap.ensure_patchelf_in_path_or_raise())
