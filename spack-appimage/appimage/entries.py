@@ -10,13 +10,20 @@ Forms of ``--entry``:
     NAME=SPEC        bin/NAME of the spec matching SPEC (``hello``, ``hello@1.0``, ``/abc1234``)
     PATH[=SPEC]      a prefix-relative path with a slash (``libexec/tool``); the entry is
                      named by its last component
+    SPEC/*           every program of the spec's bin/ (:mod:`.programs` says what counts)
+
+A name that is not found is compared with the programs the environment offers ("did you
+mean"), and a name that several specs offer suggests the spec named like it.
 """
 
+import importlib
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from . import programs
+from .compat import tty
 from .errors import EntryError, EnvironmentNotReady, label
 
 
@@ -115,28 +122,33 @@ def _is_executable_file(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def _inside(path: str, prefix: str) -> bool:
-    real, top = os.path.realpath(path), os.path.realpath(prefix)
-    return real == top or real.startswith(top + os.sep)
+def _matching(request: str, constraint: str, specs: Sequence) -> List:
+    """The specs among ``specs`` that satisfy the ``SPEC`` part of ``request``."""
+    import spack.spec
+
+    try:
+        query = spack.spec.Spec(constraint)
+    except Exception as e:
+        reason = str(e).splitlines()[0].rstrip(":")  # the parser's next lines point at it
+        raise EntryError(f"--entry {request}: {constraint!r} is not a spec ({reason})") from e
+    if not constraint.strip():  # the empty spec would match every spec
+        raise EntryError(f"--entry {request}: no spec given",
+                         "name one, e.g. --entry 'NAME=SPEC' or --entry 'SPEC/*'")
+    matches = [s for s in specs if s.satisfies(query)]
+    if not matches:
+        raise EntryError(
+            f"--entry {request}: no installed spec of the environment matches {constraint}",
+            f"`{programs.list_command()}` lists its root specs and their programs",
+        )
+    return matches
 
 
 def find(request: str, nodes: Sequence) -> Entry:
-    """Resolve one ``--entry`` argument against the environment's nodes."""
-    import spack.spec
-
+    """Resolve one ``--entry NAME[=SPEC]`` or ``PATH[=SPEC]`` against the environment's
+    nodes."""
     target, _, constraint = request.partition("=")
-    candidates = [s for s in nodes if not s.external]
-    if constraint:
-        try:
-            query = spack.spec.Spec(constraint)
-        except Exception as e:
-            raise EntryError(f"--entry {request}: {constraint!r} is not a spec ({e})") from e
-        candidates = [s for s in candidates if s.satisfies(query)]
-        if not candidates:
-            raise EntryError(
-                f"--entry {request}: no installed spec of the environment matches {constraint}",
-                "see `spack find` in the environment for its specs",
-            )
+    everywhere = [s for s in nodes if not s.external]
+    candidates = _matching(request, constraint, everywhere) if constraint else everywhere
     rel_path = os.path.normpath(target if "/" in target else os.path.join("bin", target))
     if not target or os.path.isabs(target) or rel_path.startswith(".."):
         raise EntryError(
@@ -149,32 +161,28 @@ def find(request: str, nodes: Sequence) -> Entry:
         path = os.path.join(spec.prefix, rel_path)
         if not os.path.lexists(path):
             continue
-        if _inside(path, spec.prefix):
-            found[os.path.realpath(path)] = Entry(os.path.basename(rel_path), spec, path)
-            continue
         # A link into another spec of the environment stands for that spec's program, as
         # in Spack's views: python-venv's bin/python3 is the python spec's interpreter.
-        owner = next((s for s in nodes if not s.external and _inside(path, s.prefix)), None)
-        if owner is None:
+        program = programs.owner(path, spec, nodes)
+        if program is None:
             raise EntryError(
                 f"--entry {request}: {path} leads outside the prefix of {spec.name}",
                 "name a program that belongs to a spec of the environment",
             )
-        found.setdefault(os.path.realpath(path),
-                         Entry(os.path.basename(rel_path), owner, os.path.realpath(path)))
+        entry = Entry(os.path.basename(rel_path), program.spec, program.path)
+        if program.spec is spec:  # the file's own prefix names it, whatever links to it
+            found[os.path.realpath(path)] = entry
+        else:
+            found.setdefault(os.path.realpath(path), entry)
     found = list(found.values())
     if not found:
-        raise EntryError(
-            f"--entry {request}: no {rel_path} in the environment's installed specs",
-            "list the candidates with `ls $(spack -e ENV location -i SPEC)/bin`; entries of "
-            "build-only dependencies and externals are not offered",
-        )
+        raise _not_found(request, rel_path, constraint, everywhere, nodes)
     if len(found) > 1:
-        found.sort(key=lambda e: (e.spec.name, e.spec.dag_hash()))
-        owners = ", ".join(label(e.spec) for e in found)
+        owners = ", ".join(sorted(label(e.spec) for e in found))
+        likeliest = _likeliest(os.path.basename(rel_path), [e.spec for e in found])
         raise EntryError(
             f"--entry {request}: {rel_path} is in several specs: {owners}",
-            f"say which with --entry {target}=SPEC, e.g. --entry {target}={found[0].spec.name}",
+            f"say which with --entry {target}=SPEC, e.g. --entry {target}={likeliest}",
         )
     entry = found[0]
     if not _is_executable_file(entry.path):
@@ -185,9 +193,88 @@ def find(request: str, nodes: Sequence) -> Entry:
     return _with_interpreter(entry, request, nodes)
 
 
+def _not_found(request: str, rel_path: str, constraint: str, specs: Sequence,
+               nodes: Sequence) -> EntryError:
+    """No spec (matching ``constraint``) has ``rel_path``: name the specs that have it
+    if only the constraint is wrong, else the programs the name may be a typo of."""
+    target = request.partition("=")[0]
+    holders = [s for s in specs if constraint and os.path.lexists(os.path.join(s.prefix,
+                                                                               rel_path))]
+    if holders:
+        return EntryError(
+            f"--entry {request}: no {rel_path} in the environment's specs matching "
+            f"{constraint}",
+            f"it is in {', '.join(sorted(label(s) for s in holders))}: e.g. "
+            f"--entry {target}={_likeliest(os.path.basename(rel_path), holders)}",
+        )
+    near = programs.close_matches(target, nodes) if "/" not in target else []
+    return EntryError(
+        f"--entry {request}: no {rel_path} in the environment's installed specs",
+        (f"did you mean {' or '.join(near)}? " if near else "")
+        + f"`{programs.list_command()}` lists the programs (build-only dependencies and "
+        "externals offer none)",
+    )
+
+
+def _likeliest(name: str, specs: Sequence) -> str:
+    """How to name, as ``=SPEC``, the spec of ``specs`` that a user asking for the program
+    ``name`` most likely means: the one named like the program (``ai-hello`` for
+    ``ai-hello``, ``python`` for ``python3``), else the first by name."""
+
+    def unlikeliness(spec) -> tuple:
+        alike = spec.name.startswith(name) or name.startswith(spec.name)
+        return (spec.name != name, not alike, spec.name, spec.dag_hash())
+
+    spec = min(specs, key=unlikeliness)
+    namesakes = [s for s in specs if s.name == spec.name]
+    return spec.name if len(namesakes) == 1 else f"/{spec.dag_hash(7)}"
+
+
+def _every_program(request: str, nodes: Sequence) -> List[Entry]:
+    """``--entry SPEC/*``: the programs of the one spec matching SPEC. A script that
+    cannot run from an image (its interpreter is the host's, or missing) is left out
+    with a warning: a package's bin/ often holds such a helper (``foo-config``), and the
+    rest is still wanted."""
+    constraint = request[: -len("/*")]
+    matches = _matching(request, constraint, [s for s in nodes if not s.external])
+    if len(matches) > 1:
+        raise EntryError(
+            f"--entry {request}: several specs match {constraint}: "
+            + ", ".join(sorted(label(s) for s in matches)),
+            f"name one by its hash, e.g. --entry '/{matches[0].dag_hash(7)}/*'",
+        )
+    spec = matches[0]
+    found, refused = runnable(programs.of(spec, nodes), request, nodes)
+    for error in refused.values():
+        tty.warn(f"{error.message}; it is left out")
+    if not found:
+        raise EntryError(
+            f"--entry {request}: {label(spec)} has no programs in bin/ that an image can run",
+            f"`{programs.list_command()}` lists the programs of each root spec; name other "
+            "files as --entry PATH=SPEC",
+        )
+    return found
+
+
+def runnable(found: Sequence[programs.Program], request: str,
+             nodes: Sequence) -> Tuple[List[Entry], Dict[str, EntryError]]:
+    """The entries an image can run among ``found``, and by name why it cannot run each
+    other one (a script whose interpreter is not in the environment)."""
+    entries, refused = [], {}
+    for program in found:
+        try:
+            entries.append(_with_interpreter(Entry(program.name, program.spec, program.path),
+                                             f"{request} ({program.name})", nodes))
+        except EntryError as e:
+            refused[program.name] = e
+    return entries, refused
+
+
 def _with_interpreter(entry: Entry, request: str, nodes: Sequence) -> Entry:
     """A script entry whose interpreter is in a prefix of the environment runs with the
-    bundled copy of that interpreter; a host interpreter (``/bin/sh``) stays as it is."""
+    bundled copy of that interpreter. A script of a host interpreter (``/bin/sh``) is
+    refused here, with its reason, rather than by the closure, which starts from an ELF
+    program ("not an ELF executable"): ``SPEC/*`` leaves such scripts out."""
     from .elf import read_elf
 
     shebang = read_shebang(entry.path)
@@ -199,12 +286,12 @@ def _with_interpreter(entry: Entry, request: str, nodes: Sequence) -> Entry:
             )
         return entry
     interpreter, argument = shebang
-    owners = [s for s in nodes if not s.external and _inside(interpreter, s.prefix)]
+    owners = [s for s in nodes if not s.external and programs.inside(interpreter, s.prefix)]
     if owners:
         return Entry(entry.name, entry.spec, entry.path, interpreter, argument)
     import spack.store
 
-    if _inside(interpreter, spack.store.STORE.root):
+    if programs.inside(interpreter, spack.store.STORE.root):
         raise EntryError(
             f"--entry {request}: the interpreter {interpreter} of this script is not in the "
             "environment's link/run dependencies",
@@ -218,11 +305,16 @@ def _with_interpreter(entry: Entry, request: str, nodes: Sequence) -> Entry:
             f"add the package that provides it to the environment, or fix the #! line of "
             f"{entry.path}",
         )
-    return entry
+    raise EntryError(
+        f"--entry {request}: {entry.path} is a script of the host's {interpreter}, and an "
+        "image runs ELF programs and scripts whose interpreter is in the environment",
+        "name a compiled program, or a script whose #! names a program of the environment",
+    )
 
 
 def find_all(requests: Sequence[str], nodes: Sequence) -> List[Entry]:
-    entries = [find(r, nodes) for r in requests]
+    entries = [e for r in requests
+               for e in (_every_program(r, nodes) if r.endswith("/*") else [find(r, nodes)])]
     names = [e.name for e in entries]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -234,3 +326,30 @@ def find_all(requests: Sequence[str], nodes: Sequence) -> List[Entry]:
         if any(c.isspace() for c in entry.name):
             raise EntryError(f"the entry name {entry.name!r} contains white space")
     return entries
+
+
+def show(env) -> None:
+    """``--list-entries``: under each root spec of ``env``, the programs of its ``bin/``
+    that ``--entry`` takes, as ``spack find`` prints specs. A name several specs offer
+    is starred and its specs are named at the end (``--entry NAME`` needs ``=SPEC``);
+    the programs an image cannot run are named apart (``--entry NAME`` says why)."""
+    colify = importlib.import_module(tty.__name__ + ".colify").colify  # Spack 0.23 too
+    nodes = link_run_nodes(env)
+    shared = {name: found for name, found in programs.offered(nodes).items()
+              if len(found) > 1}
+    shown = set()
+    for root in sorted(env.concrete_roots(), key=lambda s: (s.name, s.dag_hash())):
+        tty.hline(label(root))
+        found, refused = runnable([] if root.external else programs.of(root, nodes),
+                                  label(root), nodes)
+        shown.update(e.name for e in found)
+        if found:
+            colify([e.name + ("*" if e.name in shared else "") for e in found])
+        if refused:
+            print(f"(an image cannot run {', '.join(refused)}: --entry NAME says why)")
+        if not found and not refused:
+            print("(external: no entries)" if root.external else
+                  "(no programs in bin/: name other files as --entry PATH=SPEC)")
+    for name in sorted(shown & shared.keys()):
+        tty.msg(f"*{name} is in {', '.join(sorted(label(p.spec) for p in shared[name]))}: "
+                f"pick one with --entry {name}=SPEC")
