@@ -22,6 +22,7 @@ The pipeline runs one stage per module, each taking and returning plain data:
     assemble  runtime + squashfs, written atomically to the output path
 
 ``runtime`` and ``toolchain`` build the C programs (runtime, AppRun) and cache them;
+``version`` says which copy of the extension runs (version, git commit, dirty);
 ``prerequisites`` names the install command of each tool a build needs on this system,
 and ``installed`` finds installed tools by name; ``scratch`` places the temporary
 AppDir and removes what killed builds left; ``settings`` reads ``config:appimage``; ``compat`` names the Spack APIs that moved
@@ -32,7 +33,7 @@ environment with ``--install``).
 
 import os
 
-#: The extension's version, recorded in every manifest; the file is also what pip's
-#: metadata reads (pyproject.toml).
+#: The extension's version (with the clone's commit: :func:`version.identity`); the file
+#: is also what pip's metadata reads (pyproject.toml).
 with open(os.path.join(os.path.dirname(__file__), "VERSION")) as _file:
     __version__ = _file.read().strip()

@@ -47,8 +47,10 @@ class Options:
     sbom: Optional[str] = None
     #: the dry-run report as JSON
     json: bool = False
-    #: the command line, recorded in the manifest
+    #: the command line, recorded in the manifest (normalized: manifest.command_line)
     command: Sequence[str] = ()
+    #: the environment's directory, recorded in the manifest with its spack.lock's digest
+    environment: Optional[str] = None
 
 
 @dataclass
@@ -319,6 +321,7 @@ def write_image(result: Result, policy, options: Options, progress: "Progress",
                                   progress=progress.terminal)
                 with progress.stage("assemble"):
                     assemble.write_runtime(tools.runtime, partial)
+                    runtime.stamp_build(partial, tools.runtime)
                     assemble.stamp_image_id(partial, tools.runtime, runtime.ID_SECTION,
                                             unpacked)
             if options.sbom:  # before the image takes its name: a failure leaves neither
@@ -354,7 +357,8 @@ def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
 
 def _manifest_of(result: Result, options: Options, appdir: Optional[str]) -> dict:
     return manifest.of_build(appdir, result.entries, result.points, result.bundled,
-                             result.closure, options.command, result.run_environment)
+                             result.closure, options.command, result.run_environment,
+                             options.environment)
 
 
 def describe(result: Result) -> str:

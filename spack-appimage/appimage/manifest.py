@@ -13,10 +13,14 @@ The manifest (``.appimage/manifest.json`` in the AppDir; printed by the runtime'
 * ``host``: each library the host must provide and why, and the oldest glibc;
 * ``run_environment``: what AppRun sets before an entry runs (:mod:`runenv`);
 * ``files`` and ``links``: every path in the image with size and sha256, or target;
-* ``tool``, ``spack``: the versions that built it, and ``command``, the command line.
+* ``tool``: the extension's version, and the commit of its clone with ``dirty`` when
+  its files differ from it (:mod:`version`; both null when not a git clone);
+  ``spack``: Spack's version;
+* ``environment``: the environment's absolute path and the SHA-256 of its ``spack.lock``;
+* ``command``: the command line, normalized (:func:`command_line`).
 
-Nothing in it depends on the time or the machine, so the same build gives the same
-manifest, and the same image bytes.
+Nothing in it depends on the time or the machine, nor on how the same build was asked
+for, so the same build gives the same manifest, and the same image bytes.
 """
 
 import hashlib
@@ -25,7 +29,7 @@ import os
 import uuid
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from . import __version__
+from . import version
 from .compat import COMPILER_VIRTUALS, node_compilers
 from .errors import AppImageError, label, unreadable
 
@@ -33,6 +37,59 @@ from .errors import AppImageError, label, unreadable
 PATH = os.path.join(".appimage", "manifest.json")
 
 FORMAT = "spack-appimage-manifest/1"
+
+#: Options of ``spack appimage`` that do not change the image, left out of ``command``.
+NOT_RECORDED = {"help", "force", "jobs", "dry_run", "json", "sbom", "keep_appdir",
+                "install", "print_runtime", "show_version", "list_entries"}
+
+
+def command_line(actions, args, environment: str, output: str) -> List[str]:
+    """The command that made the image, normalized so that two commands making the same
+    image record the same line: ``spack -e <the environment's real path> appimage``, then
+    every option of ``actions`` (the command's argparse actions) that changes the image,
+    in their order, each in its long form (a repeated one in the order given), with the
+    output's file name (its directory does not change the image) and the runtime's real
+    path. Left out: :data:`NOT_RECORDED`, and Spack's own options (``-v``, ``-d``)."""
+    line = ["spack", "-e", os.path.realpath(environment), "appimage"]
+    for action in actions:
+        if not action.option_strings or action.dest in NOT_RECORDED:
+            continue
+        value = getattr(args, action.dest, None)
+        if action.dest == "output":
+            value = os.path.basename(output)
+        elif action.dest == "runtime" and value:
+            value = os.path.realpath(value)
+        flag = max(action.option_strings, key=len)
+        if value is True:
+            line.append(flag)
+        elif isinstance(value, list):
+            line += [a for v in value for a in (flag, str(v))]
+        elif value not in (None, False):
+            line += [flag, str(value)]
+    return line
+
+
+def environment_record(path: Optional[str]) -> Optional[dict]:
+    """The environment's real path and the SHA-256 of its ``spack.lock`` (what was
+    concretized; null if it has none)."""
+    if path is None:
+        return None
+    path = os.path.realpath(path)
+    lock = os.path.join(path, "spack.lock")
+    try:
+        with open(lock, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        digest = None
+    except OSError as e:
+        raise unreadable(lock, e) from e
+    return {"path": path, "spack_lock_sha256": digest}
+
+
+def tool_record() -> dict:
+    tool = version.identity()
+    return {"name": "spack-appimage", "version": tool.version, "commit": tool.commit,
+            "dirty": tool.dirty if tool.commit else None}
 
 def spec_nodes(spec) -> Dict[str, dict]:
     """hash -> node of the specfile describing ``spec``: its installed ``spec.json``,
@@ -110,6 +167,7 @@ def build(
     glibc: Optional[str],
     command: List[str],
     run_environment: List[dict] = (),
+    environment: Optional[str] = None,
 ) -> dict:
     """The manifest of the AppDir ``appdir`` as staged (call it last); with no
     ``appdir`` (a dry run), everything but the file records."""
@@ -120,8 +178,9 @@ def build(
     specs += [spec_record(s, False) for s in host_specs]
     return {
         "format": FORMAT,
-        "tool": {"name": "spack-appimage", "version": __version__},
+        "tool": tool_record(),
         "spack": {"version": spack.get_version()},
+        "environment": environment_record(environment),
         "command": list(command),
         "entries": [
             {"name": point.name, "path": point.path, "interpreter": point.interpreter,
@@ -204,11 +263,11 @@ def _property_value(value) -> str:
 
 
 def of_build(appdir: Optional[str], found, points, bundled, libraries, command: List[str],
-             run_environment) -> dict:
+             run_environment, environment: Optional[str] = None) -> dict:
     """The manifest of a build, from what its stages produced: the entries and their
     AppDir paths (``points``), the specs with files in the image (``bundled``), the
     closure's host requirements and glibc need, and the run environment; without file
-    records when nothing was staged (``appdir`` None)."""
+    records when nothing was staged (``appdir`` None). ``environment``: its directory."""
     import spack.traverse
 
     bundled = sorted(bundled, key=lambda s: s.dag_hash())
@@ -227,6 +286,7 @@ def of_build(appdir: Optional[str], found, points, bundled, libraries, command: 
         libraries.glibc_requirement,
         list(command),
         run_environment.as_records(),
+        environment,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import spack.config
 import spack.util.path
 
+from . import runtime
 from .errors import AppImageError
 from .squashfs import COMPRESSIONS
 
@@ -49,10 +50,31 @@ def get(key: str, flag_value: Any = None) -> Optional[Any]:
     if key == "compression" and value is not None and value not in COMPRESSIONS:
         raise AppImageError(f"config:appimage:compression: unknown compression {value!r}", fix)
     if key == "runtime" and value is not None:
-        value = spack.util.path.canonicalize_path(value)
-        if not os.path.isfile(value):
-            raise AppImageError(f"config:appimage:runtime: no file {value}", fix)
+        return _configured_runtime(value, fix)
     return value
+
+
+def _configured_runtime(value: str, fix: str) -> str:
+    """The path ``config:appimage:runtime`` names, checked as a pre-built runtime
+    (:func:`runtime.check_configured`); messages name the setting and the file that sets
+    it, not the ``--runtime`` flag."""
+    where = "config:appimage:runtime" + _where_set(value)
+    path = spack.util.path.canonicalize_path(value)
+    if not os.path.isfile(path):
+        raise AppImageError(f"{where}: no file {path}", fix)
+    runtime.check_configured(path, where)
+    return path
+
+
+def _where_set(value) -> str:
+    """`` (in FILE:LINE)`` of a configuration value, from the mark Spack's YAML loader
+    leaves on it; `` (in command_line)`` for one set with ``-c`` (a mark without a line)."""
+    import spack.util.spack_yaml as syaml
+
+    mark = syaml.get_mark_from_yaml_data(value)
+    if mark is None:
+        return ""
+    return f" (in {mark.name}{'' if mark.line is None else f':{mark.line + 1}'})"
 
 
 def check_known_keys() -> None:

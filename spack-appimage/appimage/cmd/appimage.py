@@ -9,16 +9,16 @@ from typing import Iterator
 import spack.cmd
 from spack.cmd.common import arguments
 
-from .. import prerequisites
+from .. import entries, prerequisites, version
 from ..compat import require_supported_spack, tty
 from ..squashfs import COMPRESSIONS
 
 try:
-    from .. import build, runtime, settings
+    from .. import build, manifest, runtime, settings
 except ImportError as error:  # the pipeline reads ELF files with pyelftools
     if not (error.name or "").startswith("elftools"):
         raise
-    build = runtime = settings = None
+    build = manifest = runtime = settings = None
 
 description = "bundle programs of an environment into one executable AppImage file"
 section = "environments"
@@ -31,12 +31,15 @@ epilog = """examples:
       (an external MPI stays on the host; dlopen'ed plugins come along)
   spack -e pyenv appimage --entry python3 --entry wheel
       (python with its library and the environment's py-* packages; a console script)
+  spack -e myenv appimage --list-entries    (the programs --entry can name, by spec)
   spack -e myenv appimage --entry tool=mypkg@2.1 -o tool.app   (tool of one spec)
+  spack -e myenv appimage --entry 'mypkg/*'  (every program of mypkg's bin/; quote the *)
   spack -e myenv appimage --entry libexec/helper --dry-run     (show what would be bundled)
   spack -e myenv appimage --entry tool --dry-run --json        (the same, for scripts)
   spack -e myenv appimage --entry tool --sbom tool.cdx.json    (and a CycloneDX SBOM)
   ./tool.app --appimage-manifest      (what an image holds: specs, files, sha256, command)
   spack appimage --print-runtime      (build the runtime once, e.g. for a site's config)
+  spack appimage --version            (the extension's version and git commit)
 """
 
 
@@ -62,12 +65,23 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--entry", action="append", metavar="NAME[=SPEC]",
         help="program to run from the image: bin/NAME of an environment spec, or a "
-        "prefix-relative path; =SPEC picks the spec (repeatable)",
+        "prefix-relative path; =SPEC picks the spec; 'SPEC/*' takes every program of "
+        "SPEC's bin/ (repeatable)",
+    )
+    what.add_argument(
+        "--list-entries", action="store_true",
+        help="list the programs each root spec of the environment offers as --entry, "
+        "and exit",
     )
     what.add_argument(
         "--print-runtime", action="store_true",
         help="build the project's runtime if it is not cached, print its path and exit "
         "(for sites that pre-build it; see config:appimage:runtime)",
+    )
+    what.add_argument(
+        "--version", action="store_true", dest="show_version",  # `version`: Spack's own
+        help="print the extension's version and git commit (', dirty' when its files "
+        "differ from it) and exit",
     )
     subparser.add_argument(
         "--default-entry", metavar="NAME",
@@ -118,12 +132,17 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
 
 
 def appimage(parser, args):
+    if args.show_version:  # needs neither an environment nor pyelftools
+        print(version.identity())
+        return
     require_supported_spack()
     if build is None:
         tty.die(f"spack appimage needs pyelftools in the Python that runs Spack "
                 f"({sys.executable}); {prerequisites.pyelftools_advice()}")
-    if args.print_runtime:
-        print(runtime.build())
+    if args.print_runtime:  # stdout is the path alone: admins run "$(... --print-runtime)"
+        with _stdout_to_stderr():
+            path = runtime.build()
+        print(path)
         return
     if args.json and not args.dry_run:
         tty.die("--json is for the --dry-run report; add --dry-run")
@@ -132,10 +151,14 @@ def appimage(parser, args):
     if args.install:
         with _stdout_to_stderr() if args.json else contextlib.nullcontext():
             _install_environment(env)
+    if args.list_entries:
+        entries.show(env)
+        return
     env_name = os.path.basename(os.path.normpath(env.name))
+    output = args.output or f"{env_name}.app"
     options = build.Options(
         entries=args.entry,
-        output=args.output or f"{env_name}.app",
+        output=output,
         runtime=settings.get("runtime", args.runtime),
         default_entry=args.default_entry,
         force=args.force,
@@ -152,7 +175,8 @@ def appimage(parser, args):
         bundle_externals=bool(settings.get("bundle_externals", args.bundle_externals)),
         sbom=args.sbom,
         json=args.json,
-        command=["spack"] + sys.argv[1:],
+        command=manifest.command_line(_actions(), args, env.path, output),
+        environment=env.path,
     )
     result = build.run(env, options)
     tty.verbose("seconds per stage: " + ", ".join(
@@ -161,8 +185,18 @@ def appimage(parser, args):
         tty.msg(build.describe(result))
 
 
+def _actions():
+    """This command's argparse actions (``parser`` is Spack's, not the subcommand's)."""
+    parser = argparse.ArgumentParser()
+    setup_parser(parser)
+    return parser._actions
+
+
 def _install_environment(env) -> None:
-    """Concretize and install what is missing, as `spack install` in an environment does."""
+    """Concretize and install what is missing, as `spack install` in an environment does.
+    Its line comes first: concretizing and building can take minutes before Spack says
+    anything."""
+    tty.msg(f"Concretizing and installing what environment {env.name} is missing (--install)")
     with env.write_transaction():
         concretized = env.concretize()
         if concretized:
