@@ -9,6 +9,7 @@ tests import the extension into this interpreter from the same Spack.
 
 import atexit
 import contextlib
+import getpass
 import os
 import shutil
 import subprocess
@@ -71,10 +72,13 @@ MISC_CACHE = os.path.join(
 
 
 def _user_config(directory: str, **entries: str) -> str:
-    """A user config scope in ``directory`` with the shared misc cache and ``entries``."""
+    """A user config scope in ``directory`` with the shared misc cache, a build stage
+    beside it (Spack's default, ``$tempdir/$user/spack-stage``, would stay in /tmp) and
+    ``entries``."""
     os.makedirs(directory, exist_ok=True)
+    stage = os.path.join(os.path.dirname(directory), "stage")
     with open(os.path.join(directory, "config.yaml"), "w") as f:
-        f.write(f"config:\n  misc_cache: {MISC_CACHE}\n")
+        f.write(f"config:\n  misc_cache: {MISC_CACHE}\n  build_stage:\n  - {stage}\n")
         for key, value in entries.items():
             f.write(f"  {key}:{value}\n")
     return directory
@@ -115,23 +119,70 @@ def repos_config(*namespaces: str, indent: str = "") -> str:
     return "".join(f"{indent}{line}\n" for line in ["repos:"] + lines)
 
 
+#: The shared temporary directories, where the suite must leave nothing new.
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _is_runtime_dir(path: str) -> bool:
+    """Whether ``path`` is one of the runtime's per-user directories
+    (``spack-appimage-<uid>``, or a fallback ``spack-appimage-<uid>.<suffix>``)."""
+    name = os.path.basename(path)
+    return (name.startswith("spack-appimage-") and name[15:].split(".")[0].isdigit()
+            and os.path.isdir(path) and not os.path.islink(path))
+
+
+def _listing(directory: str):
+    """The paths in ``directory``; none if it went meanwhile."""
+    try:
+        return [os.path.join(directory, name) for name in os.listdir(directory)]
+    except FileNotFoundError:
+        return []
+
+
 def _left_in_memory_and_tmp():
-    """What of the extension is in /dev/shm (memory on a shared node) and /tmp: AppDirs and
-    partial images of builds, the runtime's per-user directories, mounts and copies."""
-    return {os.path.join(d, name) for d in ("/dev/shm", "/tmp") for name in os.listdir(d)
-            if name.startswith("spack-appimage") and not name.startswith("spack-appimage-tests-")
-            and (d == "/dev/shm" or name.startswith("spack-appimage-build-"))}
+    """Every entry of /tmp, /var/tmp and /dev/shm, and every entry of the runtime's per-user
+    directories there (mounts, extracted copies and their directories, which must go with
+    their last user), but pytest's own ``pytest-of-<user>``: pytest keeps it by its
+    retention policy (``tmp_path_retention_policy``, "all" by default: the base
+    directories of the last ``tmp_path_retention_count`` sessions, for looking into
+    failures), and removes the older ones itself."""
+    found = set()
+    for directory in SHARED_TMP:
+        for path in _listing(directory):
+            if os.path.basename(path) == f"pytest-of-{getpass.getuser()}":
+                continue
+            found.add(path)
+            if _is_runtime_dir(path):
+                found.update(_listing(path))
+    return found
+
+
+def _runtime_dirs_left_empty(new):
+    """The runtime's per-user directories among ``new`` that are empty: the runtime
+    keeps a user's directory from one launch to the next (as tmux keeps
+    /tmp/tmux-<uid>), whatever it removes inside."""
+    return {path for path in new if _is_runtime_dir(path) and not _listing(path)}
+
+
+def _left_since(before):
+    """What the suite added to what :func:`_left_in_memory_and_tmp` found in ``before``."""
+    new = _left_in_memory_and_tmp() - before
+    return new - _runtime_dirs_left_empty(new)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
-    """The suite leaves no build directory in /dev/shm or /tmp and nothing of the runtime
-    in /dev/shm, whatever its tests killed (the next build, or the runtime itself, must
-    have removed it)."""
+    """The suite leaves nothing new in /tmp, /var/tmp or /dev/shm, nor in the runtime's
+    per-user directories there, whatever its tests killed: every test removes what it
+    made, and the runtime (or the next build) must have removed what it made. Only a
+    per-user directory of the runtime that it made empty is removed here (see
+    :func:`_runtime_dirs_left_empty`). It sees the whole machine: run one session at a
+    time, as CI does (another session's, or anyone's, new files count too)."""
     before = _left_in_memory_and_tmp()
     yield
-    assert _gone(lambda _: _left_in_memory_and_tmp() - before, None, 10), \
-        sorted(_left_in_memory_and_tmp() - before)
+    assert _gone(_left_since, before, 10), sorted(_left_since(before))
+    for path in _runtime_dirs_left_empty(_left_in_memory_and_tmp() - before):
+        os.rmdir(path)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -317,10 +368,11 @@ OFFLINE_ENVS = {
 
 @pytest.fixture(scope="session")
 def offline_site():
-    """Spack with real software built from Debian's and PyPI's files (tests/offline), in
-    a store under :data:`CACHE` (one per Spack version) that later runs reuse: the first run fetches the sources
-    (tests/offline/fetch-sources) and builds CPython and its packages, and Open MPI
-    (about 12 minutes on 2 cores)."""
+    """Spack configured to build real software from Debian's and PyPI's files
+    (tests/offline) into a store under :data:`CACHE` (one per Spack version) that later
+    runs reuse; the first run fetches the sources (tests/offline/fetch-sources). Each
+    environment of :data:`OFFLINE_ENVS` is installed by its own fixture (``offline_py``,
+    ``offline_mpi``), so a run that deselects a stack's tests does not build it."""
     mirror = os.path.join(CACHE, "mirror")
     fetched = subprocess.run([sys.executable, os.path.join(OFFLINE, "fetch-sources"), mirror],
                              capture_output=True, text=True)
@@ -339,19 +391,31 @@ def offline_site():
                 "    binary: false\n")
     with open(os.path.join(config, "packages.yaml"), "w") as f:
         f.write(OFFLINE_PACKAGES_YAML)
-    spack_ = Spack(root)
-    spack_.envs = {}
-    for name, specs in OFFLINE_ENVS.items():
-        path = os.path.join(root, "envs", name)
-        os.makedirs(path, exist_ok=True)
-        # The overlay comes first (an environment's repos precede the site's builtin).
-        with open(os.path.join(path, "spack.yaml"), "w") as f:
-            f.write(f"spack:\n  specs: {specs}\n  view: false\n"
-                    + repos_config("appimage_offline", "appimage_test", indent="  "))
-        spack_("install", "--fail-fast", f"-j{os.cpu_count()}", env=path,
-               timeout=INSTALL_TIMEOUT)
-        spack_.envs[name] = path
-    return spack_
+    return Spack(root)
+
+
+def _offline_env(site, name: str) -> str:
+    """The offline environment ``name`` of :data:`OFFLINE_ENVS`, installed."""
+    path = os.path.join(site.root, "envs", name)
+    os.makedirs(path, exist_ok=True)
+    # The overlay comes first (an environment's repos precede the site's builtin).
+    with open(os.path.join(path, "spack.yaml"), "w") as f:
+        f.write(f"spack:\n  specs: {OFFLINE_ENVS[name]}\n  view: false\n"
+                + repos_config("appimage_offline", "appimage_test", indent="  "))
+    site("install", "--fail-fast", f"-j{os.cpu_count()}", env=path, timeout=INSTALL_TIMEOUT)
+    return path
+
+
+@pytest.fixture(scope="session")
+def offline_py(offline_site):
+    """The offline CPython environment, installed (about 6 minutes the first time)."""
+    return _offline_env(offline_site, "py")
+
+
+@pytest.fixture(scope="session")
+def offline_mpi(offline_site):
+    """The offline Open MPI environment, installed (about 8 minutes the first time)."""
+    return _offline_env(offline_site, "mpi")
 
 
 #: The AppRun of the probe image: prints its arguments, environment and working directory,
@@ -402,15 +466,19 @@ def probe_image(our_runtime):
     also run it as other users). Its AppRun carries a build ID of this session's own:
     images of the same content share an ID, and so a mount or an extracted copy, which
     another session running at the same time would hold or remove under our tests."""
-    work = tempfile.mkdtemp(prefix="runtime-test-")
-    os.chmod(work, 0o755)
-    appdir = os.path.join(work, "AppDir")
-    os.makedirs(os.path.join(appdir, "data"))
-    cc(os.path.join(appdir, "AppRun"), PROBE_APPRUN, f"-Wl,--build-id=0x{os.urandom(20).hex()}")
-    os.remove(os.path.join(appdir, "AppRun.c"))
-    with open(os.path.join(appdir, "data", "x.txt"), "w") as f:
-        f.write("x\n")
-    return make_image(our_runtime, appdir, os.path.join(work, "t.app"))
+    work = tempfile.mkdtemp(prefix="runtime-test-")  # not pytest's: closed to others
+    try:
+        os.chmod(work, 0o755)
+        appdir = os.path.join(work, "AppDir")
+        os.makedirs(os.path.join(appdir, "data"))
+        cc(os.path.join(appdir, "AppRun"), PROBE_APPRUN,
+           f"-Wl,--build-id=0x{os.urandom(20).hex()}")
+        os.remove(os.path.join(appdir, "AppRun.c"))
+        with open(os.path.join(appdir, "data", "x.txt"), "w") as f:
+            f.write("x\n")
+        yield make_image(our_runtime, appdir, os.path.join(work, "t.app"))
+    finally:
+        shutil.rmtree(work)
 
 
 def make_image(runtime_file, appdir, output):

@@ -31,6 +31,10 @@ from conftest import _gone
 
 from spack.extensions.appimage import assemble
 
+#: What this module tests is the runtime's own (C, FUSE, the kernel): it does not change
+#: with Spack's version, so the matrix runs it with the first Spack only (README, Tests).
+pytestmark = pytest.mark.one_spack
+
 #: What AppRun (/bin/sh) runs: every directory, link and file of the image read through
 #: the runtime; exit 1 if anything cannot be read.
 READ_ALL = ('cd "$APPDIR" && ls -lR . >/dev/null && find . -type f -exec cat {} + >/dev/null'
@@ -46,7 +50,8 @@ PR_SET_CHILD_SUBREAPER = 36
 ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 script, workdir, build_id, images = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 CANDIDATES = (os.environ["TMPDIR"], "/tmp", "/var/tmp", "/dev/shm")
-MODES = {"extract": {"APPIMAGE_EXTRACT_AND_RUN": "1"}, "mount": {}, "--appimage-extract": {}}
+MODES = {"extract": {"APPIMAGE_EXTRACT_AND_RUN": "1"}, "mount": {},
+         "--appimage-extract": {"APPIMAGE_QUIET": "1"}}
 
 def timeout(*_):
     raise TimeoutError

@@ -16,11 +16,15 @@ import tempfile
 import time
 
 import pytest
-from conftest import (cc, mounts_of, server_of, wait_for_line, wait_no_server, wait_nothing_left,
-                      wait_unmounted)
+from conftest import (_gone, cc, mounts_of, server_of, wait_for_line, wait_no_server,
+                      wait_nothing_left, wait_unmounted)
 from elftools.elf.elffile import ELFFile
 
 from spack.extensions.appimage import assemble
+
+#: What this module tests is the runtime's own (C, FUSE, the kernel): it does not change
+#: with Spack's version, so the matrix runs it with the first Spack only (README, Tests).
+pytestmark = pytest.mark.one_spack
 
 MODES = {"mount": {}, "extract": {"APPIMAGE_EXTRACT_AND_RUN": "1"}}
 
@@ -90,11 +94,36 @@ def test_unknown_appimage_flag_exits_1(image):
 
 
 def test_extract_with_and_without_pattern(image, tmp_path):
-    assert run(image, "--appimage-extract", "data/*", cwd=tmp_path).returncode == 0
+    """Each says what it wrote in one line on stderr (APPIMAGE_QUIET drops it)."""
+    some = run(image, "--appimage-extract", "data/*", cwd=tmp_path)
+    assert (some.returncode, some.stdout, some.stderr) == (0, "", (
+        f"t.app: extracted 1 file, 0 directories and 0 symlinks into {tmp_path}/squashfs-root\n"))
     assert sorted(os.listdir(tmp_path / "squashfs-root")) == ["data"]
-    assert run(image, "--appimage-extract", cwd=tmp_path).returncode == 0
+    everything = run(image, "--appimage-extract", cwd=tmp_path)
+    assert (everything.returncode, everything.stderr) == (0, (
+        f"t.app: extracted 2 files, 1 directory and 0 symlinks into {tmp_path}/squashfs-root\n"))
     assert sorted(os.listdir(tmp_path / "squashfs-root")) == ["AppRun", "data"]
     assert os.access(tmp_path / "squashfs-root" / "AppRun", os.X_OK)
+    quiet = run(image, "--appimage-extract", env={"APPIMAGE_QUIET": "1"}, cwd=tmp_path)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("there", [False, True], ids=["no squashfs-root", "squashfs-root there"])
+def test_extract_pattern_matching_nothing_is_an_error(image, tmp_path, there):
+    """A pattern that matches nothing (here the leading "/" that users try first) exits 1
+    with one line saying so, and writes nothing: no squashfs-root is made, and one that
+    was there is left as it was."""
+    if there:
+        (tmp_path / "squashfs-root").mkdir()
+        (tmp_path / "squashfs-root" / "mine").write_text("kept\n")
+    result = run(image, "--appimage-extract", "/data/*", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == ("t.app: no path in the image matches '/data/*' (patterns match "
+                             "paths as the image holds them, without a leading /: "
+                             "'usr/bin/*')\n")
+    assert os.listdir(tmp_path) == (["squashfs-root"] if there else [])
+    if there:
+        assert os.listdir(tmp_path / "squashfs-root") == ["mine"]
 
 
 @pytest.mark.parametrize("kind, variable", [("home", "HOME"), ("config", "XDG_CONFIG_HOME")])
@@ -290,6 +319,50 @@ def test_simultaneous_launches_share_and_clean_up(image, mode):
         assert f"argv: {image} exit 0 {i}\n" in out
     assert wait_unmounted(image)
     assert wait_nothing_left(image)
+
+
+def entries_of(image, uid):
+    """Everything of ``image`` in the runtime's directory of user ``uid`` in /tmp: its
+    mount directories (``<id>-<mount namespace>``) and its extraction directory
+    (``<id>``), lock files and all."""
+    doctor = subprocess.run([image, "--appimage-doctor"], capture_output=True, text=True)
+    image_id = doctor.stdout.split("image id: ")[1].split()[0]
+    base = f"/tmp/spack-appimage-{uid}"
+    return [name for name in os.listdir(base) if name.startswith(image_id)] \
+        if os.path.isdir(base) else []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_launches_racing_the_last_user_out_all_run_and_leave_nothing(image, mode,
+                                                                     ordinary_user):
+    """The last user to leave removes the image's directory with its lock files, while
+    launches arrive: each round, an app holds the mount or copy, 16 launches start, and
+    the holder leaves among them (a mount outlives its last user by APPIMAGE_IDLE_MS=0).
+    A launch that opened the lock files being removed starts over: every launch runs, and
+    once all have left, nothing of the image stays in the user's directory."""
+    environment = {**MODES[mode], "APPIMAGE_IDLE_MS": "0"}
+    launches = []
+    for round_ in range(8):
+        holder = ordinary_user.popen([image, "wait"], env=environment, stdout=subprocess.PIPE,
+                                     text=True)
+        wait_for_line(holder, "ready")
+        for i in range(16):
+            if i == 8:
+                holder.terminate()
+            launches.append((f"{round_}.{i}", ordinary_user.popen(
+                [image, "exit", "0", f"{round_}.{i}"], env=environment,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        assert holder.wait(timeout=60) == 99  # the app's own exit, on SIGTERM
+        holder.stdout.close()
+    for name, process in launches:
+        out, err = process.communicate(timeout=60)
+        assert (process.returncode, err) == (0, ""), name
+        assert f"argv: {image} exit 0 {name}\n" in out
+        # in /tmp, the first place: no launch gave up on it for the next
+        assert fields(out)["APPDIR"].startswith(f"/tmp/spack-appimage-{ordinary_user.uid}/")
+    assert ordinary_user.wait_unmounted(image) and wait_no_server(image)
+    assert _gone(lambda image: entries_of(image, ordinary_user.uid), image, 10), \
+        entries_of(image, ordinary_user.uid)
 
 
 def test_launches_from_other_mount_namespaces_leave_nothing(image):

@@ -22,6 +22,10 @@ import uuid
 import pytest
 from conftest import Root, make_image, server_of, wait_for_line, wait_no_server
 
+#: What this module tests is the runtime's own (C, FUSE, the kernel): it does not change
+#: with Spack's version, so the matrix runs it with the first Spack only (README, Tests).
+pytestmark = pytest.mark.one_spack
+
 #: Long enough that no test sees an idle unmount.
 LONG_IDLE = {"APPIMAGE_IDLE_MS": "600000"}
 

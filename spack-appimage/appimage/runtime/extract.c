@@ -109,9 +109,16 @@ static int extract_entry(sqfs *fs, sqfs_inode *inode, int dirfd, const char *nam
     return 0; /* devices and fifos are not extracted */
 }
 
-/* Extracts one entry of the traversal; -1 with the cause in `why`. */
+/* Adds the entry of `mode`, just extracted, to `count`. */
+static void count_entry(struct extracted *count, mode_t mode) {
+    if (S_ISREG(mode)) count->files++;
+    else if (S_ISDIR(mode)) count->dirs++;
+    else if (S_ISLNK(mode)) count->links++;
+}
+
+/* Extracts one entry of the traversal, counted in `count`; -1 with the cause in `why`. */
 static int extract_one(sqfs *fs, sqfs_traverse *trv, int rootfd, const char *root,
-                       char *why, size_t cap) {
+                       struct extracted *count, char *why, size_t cap) {
     char path[PATH_MAX];
     const char *leaf;
     sqfs_inode inode;
@@ -122,20 +129,22 @@ static int extract_one(sqfs *fs, sqfs_traverse *trv, int rootfd, const char *roo
     int rc = dirfd < 0 ? -1 : extract_entry(fs, &inode, dirfd, leaf), error = errno;
     if (dirfd >= 0) close(dirfd);
     if (rc) snprintf(why, cap, "cannot extract %s into %s: %s", trv->path, root, strerror(error));
+    else count_entry(count, inode.base.mode);
     return rc;
 }
 
-int extract_tree(sqfs *fs, int rootfd, const char *root, const char *pattern, char *why,
-                 size_t cap) {
+int extract_tree(sqfs *fs, int rootfd, const char *root, const char *pattern,
+                 struct extracted *count, char *why, size_t cap) {
     sqfs_traverse trv;
     if (sqfs_traverse_open(&trv, fs, sqfs_inode_root(fs)))
         return snprintf(why, cap, "the squashfs is damaged (its root directory)"), -1;
     sqfs_err err = SQFS_OK;
     int rc = 0;
+    *count = (struct extracted){0, 0, 0};
     while (rc == 0 && sqfs_traverse_next(&trv, &err)) {
         if (trv.dir_end) continue;
         if (pattern && fnmatch(pattern, trv.path, FNM_PATHNAME | FNM_LEADING_DIR)) continue;
-        rc = extract_one(fs, &trv, rootfd, root, why, cap);
+        rc = extract_one(fs, &trv, rootfd, root, count, why, cap);
         if (verbose && rc == 0) fprintf(stderr, "%s\n", trv.path);
     }
     if (err && rc == 0) {
@@ -190,23 +199,45 @@ static void remove_stale(int dir) {
 }
 
 /* The image's directory in the private directory, its locks open, the lock held and
-   still the directory's (a cache_abandon may have removed it while we waited). */
+   all three still linked where they were opened: the last process to leave removes them
+   (drop_image_dir) while holding the lock, so one that opened them before that and got
+   the lock after, or that found the directory gone (ENOENT) while making its locks,
+   starts over. */
 static int lock_image_dir(struct extraction *ex, const char *id, char *why, size_t cap) {
     for (int attempt = 0; attempt < 100; attempt++) {
         ex->dir = private_subdir(ex->base.fd, id, NULL);
         if (ex->dir < 0) return snprintf(why, cap, "cannot make %s: %s", ex->path, strerror(errno)), -1;
         ex->lock = open_lock_at(ex->dir, "lock");
         ex->users = ex->lock < 0 ? -1 : open_lock_at(ex->dir, "users");
-        if (ex->users < 0 || flock(ex->lock, LOCK_EX)) {
+        int locked = ex->users >= 0 && !flock(ex->lock, LOCK_EX);
+        if (!locked && errno != ENOENT) {
             snprintf(why, cap, "cannot make the locks in %s: %s", ex->path, strerror(errno));
             return -1;
         }
-        if (still_linked_at(ex->base.fd, id, ex->dir) && still_linked_at(ex->dir, "lock", ex->lock))
+        if (locked && still_linked_at(ex->base.fd, id, ex->dir) &&
+            still_linked_at(ex->dir, "lock", ex->lock) &&
+            still_linked_at(ex->dir, "users", ex->users))
             return 0;
-        close(ex->users), close(ex->lock), close(ex->dir);
+        if (ex->users >= 0) close(ex->users);
+        if (ex->lock >= 0) close(ex->lock);
+        close(ex->dir);
         ex->dir = ex->lock = ex->users = -1;
     }
     return snprintf(why, cap, "%s keeps being removed", ex->path), -1;
+}
+
+/* Removes the image's directory and its two lock files, unless it holds a copy: the
+   caller holds "lock" exclusively and "users" with nobody else, so every other process
+   that opened them waits for the lock and then sees they are gone (lock_image_dir). The
+   lock files go first: a launcher that opened the directory meanwhile makes new ones,
+   and the rmdir then fails and leaves the directory to it (as does anything an
+   interrupted extraction left that remove_stale could not remove). */
+static void drop_image_dir(int base, const char *id, int dir) {
+    struct stat st;
+    if (!fstatat(dir, "root", &st, AT_SYMLINK_NOFOLLOW) || errno != ENOENT) return;
+    (void)unlinkat(dir, "users", 0);
+    (void)unlinkat(dir, "lock", 0);
+    (void)unlinkat(base, id, AT_REMOVEDIR);
 }
 
 int cache_join(const char *candidate, const char *id, struct extraction *ex, char *why,
@@ -252,7 +283,8 @@ int cache_fill(struct extraction *ex, sqfs *fs, const char *image, char *why, si
     int tmpfd = make_temp_dir(ex->dir, "tmp", tmp, sizeof tmp);
     if (tmpfd < 0) return snprintf(why, cap, "cannot make a directory in %s: %s", ex->path, strerror(errno)), -1;
     say("extracting %s to %s", image, ex->root_path);
-    int rc = extract_tree(fs, tmpfd, ex->root_path, NULL, why, cap);
+    struct extracted count;
+    int rc = extract_tree(fs, tmpfd, ex->root_path, NULL, &count, why, cap);
     close(tmpfd);
     if (rc == 0 && renameat(ex->dir, tmp, ex->dir, "root")) {
         snprintf(why, cap, "cannot rename into %s: %s", ex->root_path, strerror(errno));
@@ -271,14 +303,17 @@ int cache_use(struct extraction *ex, char *why, size_t cap) {
     return 0;
 }
 
+/* The image's ID: the last component of its directory's path. */
+static const char *image_id(const struct extraction *ex) {
+    return strrchr(ex->path, '/') + 1;
+}
+
 void cache_abandon(struct extraction *ex) {
     /* Nobody else in it and no copy: its locks and itself go, and the private directory
-       if this process made it; a launcher that opened the lock meanwhile starts over. */
+       if this process made it. */
     if (ex->lock >= 0 && ex->root < 0 && !flock(ex->users, LOCK_EX | LOCK_NB)) {
         remove_stale(ex->dir);
-        (void)unlinkat(ex->dir, "users", 0);
-        (void)unlinkat(ex->dir, "lock", 0);
-        (void)unlinkat(ex->base.fd, strrchr(ex->path, '/') + 1, AT_REMOVEDIR);
+        drop_image_dir(ex->base.fd, image_id(ex), ex->dir);
     }
     int fds[] = {ex->root, ex->users, ex->lock, ex->dir};
     for (int i = 0; i < 4; i++)
@@ -291,12 +326,18 @@ void cache_leave(struct extraction *ex) {
     close(ex->users);
     ex->users = -1;
     if (getenv("NO_CLEANUP")) return;
-    int lock = open_lock_at(ex->dir, "lock"), users = open_lock_at(ex->dir, "users");
-    /* Without the lock the tree stays, for the next run to reuse or remove. */
-    if (lock >= 0 && users >= 0 && !flock(lock, LOCK_EX) && !flock(users, LOCK_EX | LOCK_NB)) {
+    int lock = existing_lock(ex->dir, "lock"), users = existing_lock(ex->dir, "users");
+    /* Without the lock the tree stays, for the next run to reuse or remove; once the
+       lock is held, the files must still be the directory's (another process that left
+       may have removed them, and a launcher made new ones: that launcher's now). */
+    if (lock >= 0 && users >= 0 && !flock(lock, LOCK_EX) &&
+        still_linked_at(ex->base.fd, image_id(ex), ex->dir) &&
+        still_linked_at(ex->dir, "lock", lock) && still_linked_at(ex->dir, "users", users) &&
+        !flock(users, LOCK_EX | LOCK_NB)) {
         remove_stale(ex->dir);
         if (!renameat(ex->dir, "root", ex->dir, "root.old"))
             (void)remove_tree_at(ex->dir, "root.old"); /* what stays goes at the next remove_stale */
+        drop_image_dir(ex->base.fd, image_id(ex), ex->dir);
     }
     if (users >= 0) close(users);
     if (lock >= 0) close(lock);

@@ -68,10 +68,6 @@
 
 #include "runtime.h"
 
-#ifndef RUNTIME_VERSION
-#define RUNTIME_VERSION "spack-appimage"
-#endif
-
 #define IDLE_MS_DEFAULT 500
 /* join_mount's answer for a damaged image, which extraction would refuse as well. */
 #define MOUNT_DAMAGED -2
@@ -89,6 +85,12 @@ char upd_info[1024] SECTION(".upd_info") = {0};
 char sha256_sig[1024] SECTION(".sha256_sig") = {0};
 char sig_key[8192] SECTION(".sig_key") = {0};
 char image_id[128] SECTION(".spack_appimage_id") = {0};
+/* What compiled this runtime: "spack-appimage <version> (commit <hex>[, dirty]), runtime
+   source <digest>", written after linking (runtime.py's stamp_build) rather than with -D,
+   so that the compile cache stays keyed by the sources alone; runtime.py reads it back to
+   tell a stale pre-built runtime. */
+char runtime_build[256] SECTION(".spack_appimage_build") = {0};
+#define RUNTIME_VERSION (runtime_build[0] ? runtime_build : "spack-appimage (build not recorded)")
 
 const char *prog = "appimage";
 int verbose;
@@ -942,7 +944,8 @@ static void help(void) {
         "Environment: APPIMAGE_EXTRACT_AND_RUN (extract instead of mounting), NO_CLEANUP\n"
         "(keep the extracted copy), TMPDIR (first place to mount or extract), TARGET_APPIMAGE\n"
         "(operate on that file), VERBOSE, APPIMAGE_QUIET (no line when falling back to\n"
-        "extraction), APPIMAGE_IDLE_MS (how long a shared mount outlives its last user).\n"
+        "extraction, nor after --appimage-extract), APPIMAGE_IDLE_MS (how long a shared\n"
+        "mount outlives its last user).\n"
         "Failures exit with 127; in extract mode an app killed by signal N exits with 128+N.\n",
         RUNTIME_VERSION);
 }
@@ -1001,23 +1004,37 @@ static int portable(const struct image *img, const char *suffix) {
 }
 
 /* --appimage-extract: into ./squashfs-root, made if missing (and removed again if this
-   run made it and then failed: nothing half-written stays). */
+   run made it and then failed: nothing half-written stays). It says what it wrote in one
+   line on stderr, as unsquashfs does (APPIMAGE_QUIET drops it), and a PATTERN that
+   matches nothing is an error: the official runtime is silent and exits 0 then, so a
+   pattern that could never match (a leading "/", AppImageKit#363) went unnoticed. */
 static int extract_here(const struct image *img, const char *pattern) {
     char why[PATH_MAX + 256], cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, ".");
     int made = mkdir("squashfs-root", 0755) == 0;
     int root = made || errno == EEXIST
         ? open("squashfs-root", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
     if (root < 0) {
-        const char *cause = strerror(errno); /* before getcwd, which may set errno */
         fprintf(stderr, "%s: cannot create squashfs-root in %s: %s (run it in a directory you "
-                "can write)\n", prog, getcwd(cwd, sizeof cwd) ? cwd : ".", cause);
+                "can write)\n", prog, cwd, strerror(errno));
         return 1;
     }
     sqfs fs;
+    struct extracted count;
     int rc = open_squashfs(img, &fs) ? -2
-             : extract_tree(&fs, root, "squashfs-root", pattern, why, sizeof why);
+             : extract_tree(&fs, root, "squashfs-root", pattern, &count, why, sizeof why);
     if (rc != -2) close_squashfs(&fs);
+    if (rc == 0 && pattern && !(count.files + count.dirs + count.links)) {
+        snprintf(why, sizeof why, "no path in the image matches '%s' (patterns match paths "
+                 "as the image holds them, without a leading /: 'usr/bin/*')", pattern);
+        rc = -1;
+    }
     if (rc == -1) fprintf(stderr, "%s: %s\n", prog, why);
+    if (rc == 0 && !getenv("APPIMAGE_QUIET"))
+        fprintf(stderr, "%s: extracted %lu %s, %lu %s and %lu %s into %s/squashfs-root\n",
+                prog, count.files, count.files == 1 ? "file" : "files", count.dirs,
+                count.dirs == 1 ? "directory" : "directories", count.links,
+                count.links == 1 ? "symlink" : "symlinks", strcmp(cwd, "/") ? cwd : "");
     close(root);
     if (rc && made) (void)remove_tree_at(AT_FDCWD, "squashfs-root");
     return rc ? 1 : 0;

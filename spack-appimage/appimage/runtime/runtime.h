@@ -120,10 +120,15 @@ int squashfs_walk(sqfs *fs, char *why, size_t cap);
 /* Writes the content of the regular file `inode` to `fd`; -1 with errno on a failed
    write (ENOSPC...), EIO when the image cannot be read. */
 int copy_file(sqfs *fs, sqfs_inode *inode, int fd);
+/* What an extraction wrote (devices and fifos are not extracted). */
+struct extracted {
+    unsigned long files, dirs, links;
+};
 /* Extracts every path matching `pattern` (all if NULL) under the directory `rootfd`
-   (named `root` in messages); -1 with the cause in `why`. */
-int extract_tree(sqfs *fs, int rootfd, const char *root, const char *pattern, char *why,
-                 size_t cap);
+   (named `root` in messages), counting what it wrote in `count`; -1 with the cause in
+   `why`. */
+int extract_tree(sqfs *fs, int rootfd, const char *root, const char *pattern,
+                 struct extracted *count, char *why, size_t cap);
 
 /* What extracting the whole image takes on a file system of `block`-byte blocks. */
 struct needs {
@@ -152,7 +157,8 @@ int cache_fill(struct extraction *ex, sqfs *fs, const char *image, char *why, si
 int cache_use(struct extraction *ex, char *why, size_t cap);
 /* Gives up this candidate: removes what this process made of it that nobody uses. */
 void cache_abandon(struct extraction *ex);
-/* After the app: removes the copy if nobody else uses it (and NO_CLEANUP is not set). */
+/* After the app: removes the copy if nobody else uses it (and NO_CLEANUP is not set),
+   then the image's directory with its lock files. */
 void cache_leave(struct extraction *ex);
 
 /* ------------------------ unmount.c: how a mount goes away, whatever ends its server */
@@ -166,6 +172,9 @@ int unmount_now(const char *mnt);
 /* Detaches the mount at `mnt` if its server is gone ("Transport endpoint is not
    connected"). */
 void clear_dead_mount(const char *mnt);
+/* The lock file `name` of the directory `dirfd` (a mount's or an extracted copy's), if
+   it is there: none is made, so a directory being removed is not filled again. */
+int existing_lock(int dirfd, const char *name);
 /* Removes the mount's directory: its mount point, lock files and itself. */
 void remove_mount_dir(const char *dir);
 /* After a failed mount, holding the mount lock and `users` shared: clears a dead mount

@@ -117,9 +117,7 @@ void abandon_mount(const char *dir, const char *mnt, int users) {
     if (!is_mounted(mnt) && !flock(users, LOCK_EX | LOCK_NB)) remove_mount_dir(dir);
 }
 
-/* The lock file `name` of the mount's directory `dirfd`, if it is there: none is made,
-   so a directory being removed is not filled again. */
-static int existing_lock(int dirfd, const char *name) {
+int existing_lock(int dirfd, const char *name) {
     return openat(dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 }
 
