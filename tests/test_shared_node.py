@@ -24,6 +24,10 @@ import tempfile
 import pytest
 from conftest import PROBE_APPRUN, OrdinaryUser, cc, make_image, wait_for_line
 
+#: What this module tests is the runtime's own (C, FUSE, the kernel): it does not change
+#: with Spack's version, so the matrix runs it with the first Spack only (README, Tests).
+pytestmark = pytest.mark.one_spack
+
 #: Where the runtime makes its per-user directories (TMPDIR is the test's own or unset).
 SYSTEM_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
