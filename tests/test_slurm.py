@@ -1,11 +1,14 @@
 """Images launched through a real one-node Slurm (the ``slurm`` fixture): MPI ranks with
-the host's Open MPI over PMIx, exit status, cancellation, and steps in a row."""
+the host's Open MPI over PMIx, exit status, cancellation, steps in a row, and ranks that
+run a node-local copy made by ``srun --bcast`` or ``sbcast``."""
 
+import os
+import signal
 import subprocess
 
 import pytest
-from conftest import (leftovers, wait_for_line, wait_no_server, wait_nothing_left,
-                      wait_unmounted)
+from conftest import (leftovers, server_of, wait_for_line, wait_no_server,
+                      wait_nothing_left, wait_unmounted)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +69,46 @@ def test_two_steps_of_one_job(slurm, probe_image):
     for step in ("first", "second"):
         assert job.stdout.count(f"argv: {probe_image} exit 0 {step}") == 2
     assert wait_unmounted(probe_image) and wait_no_server(probe_image)
+
+
+#: How a big job puts the image on node-local storage before its ranks start it.
+COPIES = {
+    "srun --bcast": lambda image, local, ranks: ["srun", "-n", ranks, f"--bcast={local}",
+                                                 image],
+    "sbcast": lambda image, local, ranks: ["salloc", "-n", ranks, "sh", "-c",
+                                           f'sbcast --preserve "{image}" "{local}" && '
+                                           f'exec srun -n {ranks} "{local}" "$@"', "sh"],
+}
+#: Per mode: the environment that keeps the node's mount or copy until the test ends it
+#: (the ranks of this probe do not wait for each other, so a late one would otherwise
+#: find the node's mount or copy gone and make its own), and what VERBOSE says when a
+#: launcher makes it.
+MODES = {"mount": ({"APPIMAGE_IDLE_MS": "600000"}, "mounting "),
+         "extract": ({"APPIMAGE_EXTRACT_AND_RUN": "1", "NO_CLEANUP": "1"}, "extracting ")}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("copy", COPIES)
+def test_ranks_run_a_node_local_copy(slurm, probe_image, tmp_path, copy, mode):
+    """Large jobs copy the executable to each node's local storage first, so thousands of
+    nodes do not read one file of the parallel filesystem at once: the ranks run the copy
+    (APPIMAGE names it), one of them mounts or extracts it for the node and the others
+    use that, the exit status passes through, and nothing of the copy is left."""
+    env, made = MODES[mode]
+    local = tmp_path / "node-local" / "t.app"
+    local.parent.mkdir()
+    step = subprocess.run(COPIES[copy](probe_image, str(local), "4") + ["exit", "3"],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(slurm.env, VERBOSE="1", **env))
+    assert step.returncode == 3, step.stderr
+    assert step.stdout.count(f"argv: {local} exit 3\n") == 4, step.stdout
+    assert step.stdout.count(f"APPIMAGE={local}\n") == 4, step.stdout
+    assert step.stderr.count(made) == 1, step.stderr
+    if mode == "mount":
+        assert step.stderr.count("joining the mount") == 3, step.stderr
+        os.kill(server_of(str(local)), signal.SIGTERM)  # it leaves once unused
+    else:  # a run without NO_CLEANUP removes the copy when it ends
+        subprocess.run([local, "exit", "0"], env=dict(os.environ, APPIMAGE_EXTRACT_AND_RUN="1"),
+                       check=True, capture_output=True)
+    assert wait_unmounted(str(local)) and wait_no_server(str(local))
+    assert wait_nothing_left(str(local)), leftovers(str(local))
