@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import programs
+from . import installed, programs
 from .compat import tty
 from .errors import EntryError, EnvironmentNotReady, label
 
@@ -134,7 +134,7 @@ def _matching(request: str, constraint: str, specs: Sequence) -> List:
     if not constraint.strip():  # the empty spec would match every spec
         raise EntryError(f"--entry {request}: no spec given",
                          "name one, e.g. --entry 'NAME=SPEC' or --entry 'SPEC/*'")
-    matches = [s for s in specs if s.satisfies(query)]
+    matches = installed.matching(specs, query)
     if not matches:
         raise EntryError(
             f"--entry {request}: no installed spec of the environment matches {constraint}",

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-from . import interpreters
+from . import installed, interpreters
 from .closure import Resolver
 from .errors import AppImageError
 
@@ -96,7 +96,7 @@ def requested(includes: Sequence[str], nodes: Sequence) -> List[Included]:
             query = spack.spec.Spec(constraint)
         except Exception as e:
             raise AppImageError(f"--include {request}: {constraint!r} is not a spec ({e})")
-        specs = [s for s in nodes if not s.external and s.satisfies(query)]
+        specs = installed.matching([s for s in nodes if not s.external], query)
         if len(specs) != 1:
             raise AppImageError(
                 f"--include {request}: {len(specs) or 'no'} installed specs of the "

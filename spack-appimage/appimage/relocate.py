@@ -63,13 +63,21 @@ class Patchelf:
 
 
 def find_patchelf() -> Patchelf:
+    """patchelf from PATH when Spack's own check of its version passes; else Spack's
+    bootstrap, announced. The PATH case stays outside Spack's bootstrap configuration:
+    entering it looks up compilers, which on a fresh user cache builds the index of the
+    whole package repository (124 s of silence measured, bench/first_build.py)."""
     import spack.bootstrap
+    import spack.bootstrap.core
     import spack.util.executable
 
     fix = f"install it: {prerequisites.install_command('patchelf')}, and put it on PATH"
-    if not spack.util.executable.which("patchelf"):  # Spack's lookup would build it
-        tty.msg(f"patchelf is not on PATH: Spack bootstraps it (once; this can take "
-                f"minutes). To skip that, {fix}")
+    on_path = spack.util.executable.which("patchelf")
+    if on_path and spack.bootstrap.core.verify_patchelf(on_path):
+        return Patchelf(on_path)
+    why = "is too old (Spack needs 0.13.1 or newer)" if on_path else "is not on PATH"
+    tty.msg(f"patchelf {why}: Spack bootstraps it (once; this can take minutes). To skip "
+            f"that, {fix}")
     try:
         with spack.bootstrap.ensure_bootstrap_configuration():
             return Patchelf(spack.bootstrap.ensure_patchelf_in_path_or_raise())
