@@ -48,14 +48,19 @@ def trivial_image(work, name):
     native = os.path.join(work, "native")
     subprocess.run(["gcc", "-O2", "-o", native, src], check=True)
     shutil.copy(native, os.path.join(appdir, "AppRun"))
-    image = os.path.join(work, f"{name}.app")
+    return native, image_of(appdir, os.path.join(work, f"{name}.app"))
+
+
+def image_of(appdir, image):
+    """``image`` made of ``appdir`` with the project's runtime, as the pipeline's last
+    stages make it."""
     rt = runtime.build()
     with assemble.output_file(image, force=True) as partial:
         squashfs.make(squashfs.find_mksquashfs([]), appdir, partial,
                       offset=os.path.getsize(rt), compression="zstd", jobs=None, progress=False)
         assemble.write_runtime(rt, partial)
         assemble.stamp_image_id(partial, rt, runtime.ID_SECTION, 1 << 20)
-    return native, image
+    return image
 
 
 def wall(command, env, n):

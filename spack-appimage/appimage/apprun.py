@@ -52,11 +52,13 @@ def write_table(
     host_libs: Sequence[Tuple[str, str, str]] = (),
     run_environment: Sequence[Tuple[str, str, str, str]] = (),
     loader_dirs: Sequence[str] = (),
+    cpu: Sequence[Tuple[str, ...]] = (),
 ) -> None:
     """The table AppRun reads (format in apprun/apprun.c). ``host_libs`` are (entry,
     library, why) for the checks AppRun makes before running an entry, which look in
     ``loader_dirs`` after ld.so.cache; ``run_environment`` the (operation, variable,
-    value, separator) it applies."""
+    value, separator) it applies; ``cpu`` the ``cpu`` and ``cpu-level`` lines of the
+    CPU the bundled specs need (:meth:`.cpu.Need.table_lines`), checked first."""
     lines = [e.line() for e in entries]
     if default:
         lines.append(f"default\t{default}")
@@ -66,6 +68,7 @@ def write_table(
     lines += ["\t".join(("host",) + requirement) for requirement in host_libs]
     lines += ["\t".join(("env",) + change) for change in run_environment]
     lines += [f"loader\t{d}" for d in loader_dirs]
+    lines += ["\t".join(line) for line in cpu]
     os.makedirs(os.path.join(appdir, os.path.dirname(TABLE)), exist_ok=True)
     with open(os.path.join(appdir, TABLE), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -73,10 +76,12 @@ def write_table(
 
 def install(appdir: str, entries: Sequence, points: Sequence[EntryPoint], libraries, policy,
             default: Optional[str],
-            run_environment: Sequence[Tuple[str, str, str, str]] = ()):
+            run_environment: Sequence[Tuple[str, str, str, str]] = (),
+            cpu_need=None):
     """AppRun and its table in ``appdir``: the entries, the bin directories put first in
     PATH, the glibc the bundled files need, each entry's host libraries (minus the
-    glibc family, which every host has), and the bundled specs' run environment."""
+    glibc family, which every host has), the bundled specs' run environment, and the
+    CPU they need (a :class:`.cpu.Need`, None when they run on any CPU of the family)."""
     from .policy import loader_dirs
 
     bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
@@ -88,7 +93,8 @@ def install(appdir: str, entries: Sequence, points: Sequence[EntryPoint], librar
         if not policy.always_there(name)
     ]
     write_table(appdir, points, default, bin_dirs, libraries.glibc_requirement,
-                host_libs, run_environment, loader_dirs(platform.machine()))
+                host_libs, run_environment, loader_dirs(platform.machine()),
+                cpu_need.table_lines() if cpu_need else ())
     target = os.path.join(appdir, "AppRun")
     shutil.copyfile(build(), target)
     os.chmod(target, 0o755)

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
-from . import apprun, assemble, bytecode, closure, desktop, entries, extras, interpreters, manifest
-from . import leaks, relocate, report, runenv
+from . import apprun, assemble, bytecode, closure, cpu, desktop, entries, extras, interpreters
+from . import leaks, manifest, relocate, report, runenv
 from . import runtime, scratch, squashfs, stage
 from .compat import tty
 from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError, Terminated
@@ -75,6 +75,8 @@ class Result:
     #: the entries' AppDir paths, and the specs with files in the image
     points: List[apprun.EntryPoint] = field(default_factory=list)
     bundled: List = field(default_factory=list)
+    #: the CPU the bundled specs were built for (None: any CPU of their family)
+    cpu_need: Optional[cpu.Need] = None
 
 
 #: The stages of a build, in order, with what their progress lines say (``{...}`` filled
@@ -223,6 +225,9 @@ def run(env, options: Options) -> Result:
         result = plan_image(found, nodes, Layout(nodes), policy, options, progress)
         result.started = started
         if not options.json:
+            if result.cpu_need and not options.dry_run:  # a dry run's report says it
+                for line in cpu_lines(result.cpu_need):
+                    tty.msg(line)
             for name, value in result.run_environment.dropped:
                 tty.warn(f"{name}={value} is not set in the image: it names the store or "
                          "holds a tab or newline")
@@ -293,7 +298,15 @@ def plan_image(found, nodes, layout: Layout, policy, options: Options,
                                  [e.path for e in found if e.interpreter])
     return Result(None, found, libraries, plan, progress.timings, included, stacks=stacks,
                   run_environment=run_environment, store_paths=store_paths, layout=layout,
-                  points=[apprun.EntryPoint.of(e, layout) for e in found], bundled=bundled)
+                  points=[apprun.EntryPoint.of(e, layout) for e in found], bundled=bundled,
+                  cpu_need=cpu.of_specs(bundled))
+
+
+def cpu_lines(need: cpu.Need) -> List[str]:
+    """What the build says of the CPU the image needs: the need, and the portable
+    choice when that is the build host's own microarchitecture."""
+    hint = cpu.portable_hint(need)
+    return [f"the image {cpu.summary(need)}"] + ([hint] if hint else [])
 
 
 def write_image(result: Result, policy, options: Options, progress: "Progress",
@@ -344,7 +357,7 @@ def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
         relocate.relocate(appdir, relocate.rpaths_for(libraries, layout), patchelf)
     with progress.stage("apprun"):
         apprun.install(appdir, found, result.points, libraries, policy,
-                       options.default_entry, result.run_environment.changes)
+                       options.default_entry, result.run_environment.changes, result.cpu_need)
         desktop.write(appdir, options.output, [e.name for e in found],
                       options.default_entry)
     with progress.stage("audit"):
@@ -358,7 +371,7 @@ def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
 def _manifest_of(result: Result, options: Options, appdir: Optional[str]) -> dict:
     return manifest.of_build(appdir, result.entries, result.points, result.bundled,
                              result.closure, options.command, result.run_environment,
-                             options.environment)
+                             options.environment, result.cpu_need)
 
 
 def describe(result: Result) -> str:

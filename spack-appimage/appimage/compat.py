@@ -10,7 +10,9 @@ whatever the Spack:
 * ``node_compilers``: the compilers of a ``spec.json`` node, recorded as ``c``/``cxx``/
   ``fortran`` dependency edges since 1.0 and as a ``compiler`` node attribute before;
 * ``configured_c_compilers``: ``packages:`` compiler externals since 1.0,
-  ``compilers:`` entries (compilers.yaml) before.
+  ``compilers:`` entries (compilers.yaml) before;
+* ``archspec_cpu``: the archspec Spack carries, ``spack.vendor.archspec`` since 1.0,
+  the top-level ``archspec`` (lib/spack/external) before.
 
 Older releases lack or shape differently what the pipeline reads (the RUN
 ``SetupContext``, ``spack.context``), so the command refuses them
@@ -46,6 +48,11 @@ except ImportError:  # Spack < 1.0
     from llnl.util.filesystem import visit_directory_tree  # type: ignore[no-redef]
 
 try:
+    import spack.vendor.archspec.cpu as archspec_cpu
+except ImportError:  # Spack < 1.0
+    import archspec.cpu as archspec_cpu  # type: ignore[no-redef]
+
+try:
     from spack.verify_libraries import ResolveSharedElfLibDepsVisitor
 except ImportError:  # Spack < 1.0.0-alpha.4
     ResolveSharedElfLibDepsVisitor = None  # type: ignore[assignment,misc]
@@ -53,7 +60,7 @@ except ImportError:  # Spack < 1.0.0-alpha.4
 #: Virtual packages whose provider is the compiler of a node (Spack >= 1.0).
 COMPILER_VIRTUALS = ("c", "cxx", "fortran")
 
-__all__ = ["require_supported_spack", "tty", "visit_directory_tree",
+__all__ = ["require_supported_spack", "tty", "visit_directory_tree", "archspec_cpu",
            "ResolveSharedElfLibDepsVisitor", "node_compilers", "configured_c_compilers"]
 
 

@@ -12,6 +12,10 @@ The manifest (``.appimage/manifest.json`` in the AppDir; printed by the runtime'
   spack-build-env.txt``) is never read: it can hold secrets;
 * ``host``: each library the host must provide and why, and the oldest glibc;
 * ``run_environment``: what AppRun sets before an entry runs (:mod:`runenv`);
+* ``cpu``: the CPU the bundled specs need (:mod:`cpu`): their family, each target beyond
+  the family's generic base with its specs and flags (as /proc/cpuinfo spells them), the
+  most demanding target(s), the generic level and the union of flags; null when every
+  bundled spec was built for the family's base (``x86_64``), which any CPU of it runs;
 * ``files`` and ``links``: every path in the image with size and sha256, or target;
 * ``tool``: the extension's version, and the commit of its clone with ``dirty`` when
   its files differ from it (:mod:`version`; both null when not a git clone);
@@ -168,6 +172,7 @@ def build(
     command: List[str],
     run_environment: List[dict] = (),
     environment: Optional[str] = None,
+    cpu: Optional[dict] = None,
 ) -> dict:
     """The manifest of the AppDir ``appdir`` as staged (call it last); with no
     ``appdir`` (a dry run), everything but the file records."""
@@ -190,6 +195,7 @@ def build(
         "specs": sorted(specs, key=lambda r: (r["name"], r["hash"])),
         "host": {"glibc": glibc, "libraries": dict(sorted(host.items()))},
         "run_environment": list(run_environment),
+        "cpu": cpu,
         "files": files,
         "links": links,
     }
@@ -263,11 +269,12 @@ def _property_value(value) -> str:
 
 
 def of_build(appdir: Optional[str], found, points, bundled, libraries, command: List[str],
-             run_environment, environment: Optional[str] = None) -> dict:
+             run_environment, environment: Optional[str] = None, cpu_need=None) -> dict:
     """The manifest of a build, from what its stages produced: the entries and their
     AppDir paths (``points``), the specs with files in the image (``bundled``), the
-    closure's host requirements and glibc need, and the run environment; without file
-    records when nothing was staged (``appdir`` None). ``environment``: its directory."""
+    closure's host requirements and glibc need, the run environment and the CPU the
+    bundled specs need (a :class:`.cpu.Need` or None); without file records when nothing
+    was staged (``appdir`` None). ``environment``: its directory."""
     import spack.traverse
 
     bundled = sorted(bundled, key=lambda s: s.dag_hash())
@@ -287,6 +294,7 @@ def of_build(appdir: Optional[str], found, points, bundled, libraries, command: 
         list(command),
         run_environment.as_records(),
         environment,
+        cpu_need.record() if cpu_need else None,
     )
 
 

@@ -11,7 +11,7 @@
 * per spec, the bytes bundled as binaries, libraries and data;
 * the interpreters and extensions, with their trees and bytes, and the run environment
   AppRun sets;
-* everything the host must provide, with the reason;
+* everything the host must provide, with the reason, and the CPU (:mod:`.cpu`);
 * files that still name the store;
 * data files left out, with the rule that left each out (one line per spec and rule
   when a rule leaves out many), and symlinks left out;
@@ -21,7 +21,7 @@
 import dataclasses
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .errors import label
 from .layout import owner_of_dest
@@ -48,6 +48,7 @@ def collect(result, layout, always_there) -> dict:
              for owner, by_kind in sorted(sizes.items())]
     host = sorted(result.closure.host_requirements().items())
     return {
+        "cpu": _cpu(result.cpu_need),
         "interpreters": _stacks(result, layout),
         "run_environment": result.run_environment.as_records(),
         "store_paths": [{"owner": label, "paths": paths}
@@ -71,6 +72,16 @@ def collect(result, layout, always_there) -> dict:
             "skipped_links": len(result.plan.skipped),
         },
     }
+
+
+def _cpu(need) -> Optional[dict]:
+    """The manifest's record of the CPU the image needs, with the line that says it and
+    the portable choice when the need is the build host's own CPU; None: any CPU."""
+    from . import cpu
+
+    if need is None:
+        return None
+    return dict(need.record(), summary=cpu.summary(need), hint=cpu.portable_hint(need))
 
 
 def _stacks(result, layout) -> List[dict]:
@@ -143,6 +154,10 @@ def text(report: dict) -> str:
                   for c in report["run_environment"]]
     lines.append("from the host:")
     lines += [f"  {h['library']:30} {h['reason']}" for h in report["host"]]
+    if report["cpu"]:
+        lines.append(f"  {'CPU':30} {report['cpu']['summary']}")
+        if report["cpu"]["hint"]:
+            lines.append(f"  {'':30} {report['cpu']['hint']}")
     if report["store_paths"]:
         lines.append("files that name the store (may fail on other machines):")
         for leak in report["store_paths"]:

@@ -88,10 +88,14 @@ def compile_cached(
     os.close(fd)
     try:
         errors: List[str] = []
+        compiled = [s for s in sources if s.endswith(".c")]
+        # A header is found where it is listed (a file shared with another program's
+        # directory); not part of the key, which has the header's content.
+        includes = [f"-I{d}" for d in dict.fromkeys(
+            os.path.dirname(s) for s in sources if s.endswith(".h"))]
         for args in attempts:
-            compiled = [s for s in sources if s.endswith(".c")]
-            result = subprocess.run([cc, "-o", tmp, *compiled, *args], capture_output=True,
-                                    text=True)
+            result = subprocess.run([cc, "-o", tmp, *compiled, *includes, *args],
+                                    capture_output=True, text=True)
             if result.returncode == 0:
                 break
             errors.append(result.stderr.strip())

@@ -18,9 +18,11 @@
  *                                      append; ${APPDIR} in VALUE is this AppDir)
  *     loader <TAB> DIR                 (a directory the host's loader searches by default
  *                                      on this architecture, in order)
+ *     cpu, cpu-level                   (the CPU the image needs: cpu.h)
  *
  * Before running an entry it checks, cheaply, what would otherwise fail inside the
- * loader with a less helpful message: a host glibc older than the image needs, and host
+ * loader or the program with a less helpful message: a CPU without flags the image's
+ * builds need (cpu.c), a host glibc older than the image needs, and host
  * libraries the loader cannot find (LD_LIBRARY_PATH, /etc/ld.so.cache, the loader
  * directories). The table has no size limit: its arrays are sized by its line count.
  *
@@ -44,6 +46,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "cpu.h"
 
 struct entry {
     const char *name;
@@ -71,6 +75,7 @@ static struct host_lib *host_libs;
 static int n_host_libs;
 static struct env_change *env_changes;
 static int n_env_changes;
+static struct cpu_table cpu;
 
 static const char *base_name(const char *path) {
     const char *slash = strrchr(path, '/');
@@ -95,16 +100,6 @@ static char *read_file(const char *path) {
     return buf;
 }
 
-/* Splits a line at tabs in place into at most `max` fields; returns how many. */
-static int split(char *line, char **fields, int max) {
-    int n = 0;
-    while (line && n < max) {
-        fields[n++] = line;
-        if ((line = strchr(line, '\t'))) *line++ = '\0';
-    }
-    return n;
-}
-
 /* Splits the entries file in place. Returns 0 on success, -1 without entries or memory. */
 static int parse(char *text) {
     size_t lines = 1;
@@ -117,7 +112,7 @@ static int parse(char *text) {
     if (!entries || !dirs || !loader_dirs || !host_libs || !env_changes) return -1;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         char *f[6] = {NULL};
-        int n = split(line, f, 6);
+        int n = table_fields(line, f, 6);
         const char *kind = f[0], *a = f[1], *b = f[2];
         if (n < 2) continue;
         if (!strcmp(kind, "entry") && b)
@@ -134,6 +129,8 @@ static int parse(char *text) {
             host_libs[n_host_libs++] = (struct host_lib){a, b, f[3]};
         else if (!strcmp(kind, "env") && n >= 5)
             env_changes[n_env_changes++] = (struct env_change){a, b, f[3], f[4]};
+        else if (cpu_table_add(&cpu, f, n) < 0)
+            return -1;
     }
     return n_entries > 0 ? 0 : -1;
 }
@@ -382,6 +379,7 @@ int main(int argc, char **argv) {
         chosen = find(default_entry);
     }
     if (!chosen) return usage(image, argc > 1 ? argv[1] : NULL);
+    cpu_check(&cpu, image_name);
     check_host(chosen->name);
     if (apply_run_environment(self) != 0) {
         fprintf(stderr, "AppRun: out of memory\n");

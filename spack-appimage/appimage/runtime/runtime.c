@@ -67,6 +67,7 @@
 #include <squashfuse/file.h>
 
 #include "runtime.h"
+#include "cpu.h" /* AppRun's CPU check (apprun/cpu.c), shown by --appimage-doctor */
 
 #define IDLE_MS_DEFAULT 500
 /* join_mount's answer for a damaged image, which extraction would refuse as well. */
@@ -75,6 +76,8 @@
 #define NEGATIVE_TIMEOUT 86400.0
 /* Written by `spack appimage` (manifest.py). */
 #define MANIFEST ".appimage/manifest.json"
+/* AppRun's entry table (apprun.py's TABLE), whose cpu lines the doctor shows. */
+#define ENTRIES ".appimage/entries"
 
 /* Sections that AppImage tools fill in place (sizes fixed by the format), and the
    image ID that `spack appimage` writes at assembly (assemble.stamp_image_id; open_image
@@ -902,17 +905,22 @@ static int run_extracted(const struct image *img, char **argv, const char *owd) 
     return WEXITSTATUS(status);
 }
 
+/* The regular file `path` of the squashfs, into `inode`: 0, or -1 if there is none. */
+static int find_regular(sqfs *fs, const char *path, sqfs_inode *inode) {
+    bool found = false;
+    return sqfs_inode_get(fs, inode, sqfs_inode_root(fs)) ||
+           sqfs_lookup_path(fs, inode, path, &found) || !found || !S_ISREG(inode->base.mode)
+           ? -1 : 0;
+}
+
 /* Copies the regular file at `path` inside the squashfs to stdout, without a mount:
    how --appimage-manifest shows the provenance manifest. */
 static int print_file(const struct image *img, const char *path) {
     sqfs fs;
     if (open_squashfs(img, &fs)) return 1;
     sqfs_inode inode;
-    bool found = false;
     int rc = 0;
-    if (sqfs_inode_get(&fs, &inode, sqfs_inode_root(&fs)) ||
-        sqfs_lookup_path(&fs, &inode, path, &found) || !found ||
-        !S_ISREG(inode.base.mode)) {
+    if (find_regular(&fs, path, &inode)) {
         fprintf(stderr, "%s: no %s in the image (not built by spack appimage?)\n", prog, path);
         rc = 1;
     } else if (fflush(stdout) || copy_file(&fs, &inode, STDOUT_FILENO)) {
@@ -939,7 +947,7 @@ static void help(void) {
         "  --appimage-signature             print the embedded signature\n"
         "  --appimage-portable-home         create <image>.home, used as $HOME from then on\n"
         "  --appimage-portable-config       create <image>.config, used as $XDG_CONFIG_HOME\n"
-        "  --appimage-doctor                report what this host allows (FUSE, directories)\n"
+        "  --appimage-doctor                report what this host allows (FUSE, directories, CPU)\n"
         "  --appimage-manifest              print the provenance manifest (JSON) of the image\n\n"
         "Environment: APPIMAGE_EXTRACT_AND_RUN (extract instead of mounting), NO_CLEANUP\n"
         "(keep the extracted copy), TMPDIR (first place to mount or extract), TARGET_APPIMAGE\n"
@@ -948,6 +956,57 @@ static void help(void) {
         "mount outlives its last user).\n"
         "Failures exit with 127; in extract mode an app killed by signal N exits with 128+N.\n",
         RUNTIME_VERSION);
+}
+
+/* The regular file `path` of the squashfs as NUL-terminated text (malloc'd), or NULL. */
+static char *read_text(sqfs *fs, const char *path) {
+    sqfs_inode inode;
+    if (find_regular(fs, path, &inode)) return NULL;
+    sqfs_off_t size = inode.xtra.reg.file_size;
+    char *text = malloc(size + 1);
+    if (text && sqfs_read_range(fs, &inode, 0, &size, text)) size = -1;
+    if (!text || size < 0) return free(text), NULL;
+    text[size] = '\0';
+    return text;
+}
+
+/* The doctor's CPU lines: this host's CPU, with the highest of the image's generic
+   levels it has, and each build of the image that needs more than the family's base,
+   with the flags this CPU lacks (cpu.c: what AppRun refuses on). `fs` is NULL when the
+   image cannot be read. */
+static void doctor_cpu(sqfs *fs) {
+    struct cpu_table table = {0};
+    struct cpu_host host;
+    char *text = fs ? read_text(fs, ENTRIES) : NULL, *save = NULL, *f[4];
+    for (char *line = text ? strtok_r(text, "\n", &save) : NULL; line;
+         line = strtok_r(NULL, "\n", &save))
+        cpu_table_add(&table, f, table_fields(line, f, 4));
+    int known = cpu_host_read(&host) == 0;
+    const char *level = known ? cpu_level_of(&table, &host) : NULL;
+    if (!known)
+        printf("cpu: unknown (/proc/cpuinfo is unreadable or lists no flags)\n");
+    else
+        printf("cpu: %s%s%s%s\n", host.model ? host.model : "model not named by the kernel",
+               table.n_levels ? " (highest generic level: " : "",
+               table.n_levels ? (level ? level : cpu_family()) : "", table.n_levels ? ")" : "");
+    if (text && !table.n_needs) printf("image needs: any %s CPU\n", cpu_family());
+    for (int i = 0; i < table.n_needs; i++) {
+        const struct cpu_need *need = &table.needs[i];
+        char lacks[8192], *specs = cpu_specs(need->specs);
+        int missing = known ? cpu_missing(&host, need->flags, INT_MAX, lacks, sizeof lacks) : 0;
+        printf("image needs: %s CPU (for %s): %s%s%s\n", need->target,
+               specs ? specs : need->specs,
+               !known ? "not checked (this CPU's flags are unknown)"
+                      : missing ? "this CPU lacks " : "this CPU has it",
+               missing ? lacks : "",
+               missing ? " (the image refuses to start here; APPIMAGE_IGNORE_CPU=1 runs it "
+                         "anyway)" : "");
+        free(specs);
+    }
+    if (known) cpu_host_free(&host);
+    free(table.needs);
+    free(table.levels);
+    free(text);
 }
 
 static int doctor(const struct image *img) {
@@ -984,7 +1043,10 @@ static int doctor(const struct image *img) {
         if (!extraction_needs(&fs, 4096, &needs))
             printf("extraction needs: %.1f MiB (4 KiB blocks), %llu inodes\n",
                    needs.blocks * 4096.0 / (1 << 20), needs.inodes);
+        doctor_cpu(&fs);
         close_squashfs(&fs);
+    } else {
+        doctor_cpu(NULL);
     }
     return 0;
 }
