@@ -539,7 +539,9 @@ def wait_no_server(image, seconds=10):
 def leftovers(image, uid=None):
     """What of the image is left in the runtime's directory of user ``uid`` (the test
     process's by default): mount directories (``<id>-<mount namespace>``, with their lock
-    files) and extracted trees (``<id>/root``; the extraction cache's two lock files stay)."""
+    files) and extracted trees (``<id>/root``). The lock files of ``<id>`` are not counted
+    here, as they go a moment after the copy; the session's :func:`nothing_left_behind`
+    fails on any that stay."""
     doctor = subprocess.run([image, "--appimage-doctor"], capture_output=True, text=True)
     image_id = doctor.stdout.split("image id: ")[1].split()[0]
     base = f"/tmp/spack-appimage-{os.getuid() if uid is None else uid}"

@@ -135,7 +135,8 @@ def test_list_entries_leaves_out_what_is_no_program(site, junk_env):
     ("ai-hello", ["bin/ai-hello is in several specs: ai-cxx@1.0/",
                   "say which with --entry ai-hello=SPEC, e.g. --entry ai-hello=ai-hello"]),
     ("nothing/*", ["--entry nothing/*: no installed spec of the environment matches "
-                   "nothing; `LIST` lists its root specs"]),
+                   "nothing (specs are matched by their own name: for a virtual, name its "
+                   "provider); `LIST` lists its root specs"]),
     ("ai-side/*", ["--entry ai-side/*: ai-side@2.0/", "has no programs in bin/ that an "
                    "image can run; `LIST` lists the programs of each root spec"]),
     ("/*", ["--entry /*: no spec given; name one"]),

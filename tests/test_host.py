@@ -10,7 +10,8 @@ import shutil
 import struct
 import subprocess
 
-from conftest import cc, store_renamed_away
+import pytest
+from conftest import cc, fails, store_renamed_away
 
 from spack.extensions.appimage import apprun, elf
 
@@ -107,6 +108,17 @@ def test_bad_include_is_an_error(site, tmp_path):
     assert result.returncode == 1
     assert "--include ai-plugin:lib/nothing*: nothing matches lib/nothing*" in result.stderr
     assert not (tmp_path / "x.app").exists()
+
+
+@pytest.mark.parametrize("include,message", [
+    ("ai-plugin@@1:lib/*", "--include ai-plugin@@1:lib/*: 'ai-plugin@@1' is not a spec ("),
+    ("mpi:lib/*", "--include mpi:lib/*: no installed specs of the environment match mpi "
+                  "(specs are matched by their own name: for a virtual, name its provider)"),
+])
+def test_include_naming_no_spec_is_one_line(site, include, message):
+    line = fails(site, "--entry", "plugin-host", "--include", include, "--dry-run",
+                 env=site.env)
+    assert message in line
 
 
 def test_exclude_and_keep_data(site, tmp_path):

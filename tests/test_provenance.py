@@ -84,7 +84,7 @@ def clone_of_this_tree(directory):
     return extension
 
 
-def test_identity_of_clones_and_copies(shared_dir, ordinary_user):
+def test_identity_of_clones_and_copies(shared_dir, ordinary_user, other_user):
     clone = shared_dir / "clone"
     extension = clone_of_this_tree(clone)
     head = git("rev-parse", "HEAD", cwd=clone).strip()
@@ -109,6 +109,23 @@ def test_identity_of_clones_and_copies(shared_dir, ordinary_user):
     for copy in (shared_dir / "site-packages" / "spack-appimage", home / "spack-appimage"):
         shutil.copytree(extension, copy)
         assert identity_of(copy) == f"spack-appimage {VERSION}"
+    # A copy in a shared directory where another user planted a .git whose config runs a
+    # command (core.fsmonitor) when git looks at the tree: never asked.
+    scratch = shared_dir / "scratch"
+    scratch.mkdir()
+    copy = scratch / "spack-appimage"
+    shutil.copytree(extension, copy)
+    ran = shared_dir / "planted-command-ran"
+    git("init", "--quiet", str(scratch), cwd=shared_dir)
+    git("config", "core.fsmonitor", f"touch {ran}; false #", cwd=scratch)
+    for directory, _, names in os.walk(scratch / ".git"):
+        for path in [directory] + [os.path.join(directory, n) for n in names]:
+            os.lchown(path, other_user.uid, other_user.gid)
+    subprocess.run(["git", "-c", "safe.directory=*", "status"], cwd=copy, capture_output=True)
+    assert ran.exists()  # armed: git as anyone trusting that tree runs it
+    ran.unlink()
+    assert identity_of(copy) == f"spack-appimage {VERSION}"
+    assert not ran.exists()
 
 
 def copy_env(site, parent, name, config=""):

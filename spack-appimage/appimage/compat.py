@@ -12,7 +12,9 @@ whatever the Spack:
 * ``configured_c_compilers``: ``packages:`` compiler externals since 1.0,
   ``compilers:`` entries (compilers.yaml) before;
 * ``archspec_cpu``: the archspec Spack carries, ``spack.vendor.archspec`` since 1.0,
-  the top-level ``archspec`` (lib/spack/external) before.
+  the top-level ``archspec`` (lib/spack/external) before;
+* ``get_mark_from_yaml_data``: where a configuration value was set, in
+  ``spack.util.spack_yaml`` since 1.0, in ``spack.config`` before.
 
 Older releases lack or shape differently what the pipeline reads (the RUN
 ``SetupContext``, ``spack.context``), so the command refuses them
@@ -53,6 +55,11 @@ except ImportError:  # Spack < 1.0
     import archspec.cpu as archspec_cpu  # type: ignore[no-redef]
 
 try:
+    from spack.util.spack_yaml import get_mark_from_yaml_data
+except ImportError:  # Spack < 1.0
+    from spack.config import get_mark_from_yaml_data  # type: ignore[no-redef]
+
+try:
     from spack.verify_libraries import ResolveSharedElfLibDepsVisitor
 except ImportError:  # Spack < 1.0.0-alpha.4
     ResolveSharedElfLibDepsVisitor = None  # type: ignore[assignment,misc]
@@ -61,6 +68,7 @@ except ImportError:  # Spack < 1.0.0-alpha.4
 COMPILER_VIRTUALS = ("c", "cxx", "fortran")
 
 __all__ = ["require_supported_spack", "tty", "visit_directory_tree", "archspec_cpu",
+           "get_mark_from_yaml_data",
            "ResolveSharedElfLibDepsVisitor", "node_compilers", "configured_c_compilers"]
 
 

@@ -97,12 +97,14 @@ def generic_levels(family) -> List:
 
 
 def of_specs(specs: Iterable) -> Optional[Need]:
-    """The need of the bundled ``specs``, or None when all are built for a family base."""
+    """The need of the bundled ``specs``, or None when all are built for a family base.
+    Externals bundled by policy count for nothing: the concretizer stamps them with the
+    build host's target, but their files were built elsewhere, for whatever CPU."""
     targets: Dict[str, object] = {}
     built_for: Dict[str, set] = {}
     for spec in specs:
         target = spec.target  # archspec's microarchitecture (Spack >= 0.23)
-        if target is not None and target != target.family:
+        if not spec.external and target is not None and target != target.family:
             targets[target.name] = target
             built_for.setdefault(target.name, set()).add(f"{spec.name}@{spec.version}")
     if not targets:

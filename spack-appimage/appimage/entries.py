@@ -124,20 +124,18 @@ def _is_executable_file(path: str) -> bool:
 
 def _matching(request: str, constraint: str, specs: Sequence) -> List:
     """The specs among ``specs`` that satisfy the ``SPEC`` part of ``request``."""
-    import spack.spec
-
     try:
-        query = spack.spec.Spec(constraint)
-    except Exception as e:
-        reason = str(e).splitlines()[0].rstrip(":")  # the parser's next lines point at it
-        raise EntryError(f"--entry {request}: {constraint!r} is not a spec ({reason})") from e
+        query = installed.spec_query(constraint)
+    except ValueError as e:
+        raise EntryError(f"--entry {request}: {constraint!r} is not a spec ({e})") from e
     if not constraint.strip():  # the empty spec would match every spec
         raise EntryError(f"--entry {request}: no spec given",
                          "name one, e.g. --entry 'NAME=SPEC' or --entry 'SPEC/*'")
     matches = installed.matching(specs, query)
     if not matches:
         raise EntryError(
-            f"--entry {request}: no installed spec of the environment matches {constraint}",
+            f"--entry {request}: no installed spec of the environment matches {constraint} "
+            f"({installed.NOT_BY_VIRTUAL})",
             f"`{programs.list_command()}` lists its root specs and their programs",
         )
     return matches

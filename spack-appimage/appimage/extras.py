@@ -81,8 +81,6 @@ def _files(spec, patterns: Sequence[str], reason: str) -> List[Included]:
 
 def requested(includes: Sequence[str], nodes: Sequence) -> List[Included]:
     """The files of ``--include SPEC:GLOB`` arguments."""
-    import spack.spec
-
     result = []
     for request in includes:
         constraint, sep, pattern = request.partition(":")
@@ -93,14 +91,15 @@ def requested(includes: Sequence[str], nodes: Sequence) -> List[Included]:
                 "e.g. --include openmpi:lib/openmpi/*.so",
             )
         try:
-            query = spack.spec.Spec(constraint)
-        except Exception as e:
+            query = installed.spec_query(constraint)
+        except ValueError as e:
             raise AppImageError(f"--include {request}: {constraint!r} is not a spec ({e})")
         specs = installed.matching([s for s in nodes if not s.external], query)
         if len(specs) != 1:
             raise AppImageError(
                 f"--include {request}: {len(specs) or 'no'} installed specs of the "
-                f"environment match {constraint}",
+                f"environment match {constraint}"
+                + ("" if specs else f" ({installed.NOT_BY_VIRTUAL})"),
                 "name exactly one link/run dependency of the environment (add @version or "
                 "/hash)",
             )

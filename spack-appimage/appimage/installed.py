@@ -30,6 +30,21 @@ def named(name: str) -> List:
     return sorted(records, key=lambda s: s.version, reverse=True)
 
 
+def spec_query(text: str):
+    """``text`` parsed as an abstract spec; ValueError with the parser's first line (its
+    next lines draw a caret under the text, which would break a one-line error)."""
+    import spack.spec
+
+    try:
+        return spack.spec.Spec(text)
+    except Exception as e:
+        raise ValueError(str(e).splitlines()[0].rstrip(":")) from e
+
+
+#: Said when no spec matches: why a virtual (``mpi``) never does (:func:`matching`).
+NOT_BY_VIRTUAL = "specs are matched by their own name: for a virtual, name its provider"
+
+
 def matching(specs: Sequence, query) -> List:
     """The specs among ``specs`` (concrete, of the environment) that satisfy the abstract
     spec ``query``. A spec of another name is never one: ``satisfies`` would ask the

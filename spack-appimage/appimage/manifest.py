@@ -23,8 +23,9 @@ The manifest (``.appimage/manifest.json`` in the AppDir; printed by the runtime'
 * ``environment``: the environment's absolute path and the SHA-256 of its ``spack.lock``;
 * ``command``: the command line, normalized (:func:`command_line`).
 
-Nothing in it depends on the time or the machine, nor on how the same build was asked
-for, so the same build gives the same manifest, and the same image bytes.
+Nothing in it depends on the time or the machine, nor on the spelling of paths and the
+options that do not change the image (``-f``, ``-j``, ...: :func:`command_line`), so the
+same build gives the same manifest, and the same image bytes.
 """
 
 import hashlib

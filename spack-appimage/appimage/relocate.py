@@ -75,7 +75,8 @@ def find_patchelf() -> Patchelf:
     on_path = spack.util.executable.which("patchelf")
     if on_path and spack.bootstrap.core.verify_patchelf(on_path):
         return Patchelf(on_path)
-    why = "is too old (Spack needs 0.13.1 or newer)" if on_path else "is not on PATH"
+    why = "on PATH fails Spack's version check (0.13.1 or newer)" if on_path else \
+        "is not on PATH"
     tty.msg(f"patchelf {why}: Spack bootstraps it (once; this can take minutes). To skip "
             f"that, {fix}")
     try:

@@ -13,6 +13,7 @@ import spack.config
 import spack.util.path
 
 from . import runtime
+from .compat import get_mark_from_yaml_data
 from .errors import AppImageError
 from .squashfs import COMPRESSIONS
 
@@ -69,9 +70,7 @@ def _configured_runtime(value: str, fix: str) -> str:
 def _where_set(value) -> str:
     """`` (in FILE:LINE)`` of a configuration value, from the mark Spack's YAML loader
     leaves on it; `` (in command_line)`` for one set with ``-c`` (a mark without a line)."""
-    import spack.util.spack_yaml as syaml
-
-    mark = syaml.get_mark_from_yaml_data(value)
+    mark = get_mark_from_yaml_data(value)
     if mark is None:
         return ""
     return f" (in {mark.name}{'' if mark.line is None else f':{mark.line + 1}'})"

@@ -2,13 +2,19 @@
 
 Everything that records or prints the extension's identity takes it from
 :func:`identity`: ``spack appimage --version``, the manifest's ``tool``, and the
-runtime's ``--appimage-version`` (stamped when the runtime is compiled).
+runtime's ``--appimage-version`` (stamped into an image's runtime when the image is
+assembled).
 
 The commit comes from git, run on the clone the extension is loaded from; ``dirty``
 when the extension's own files (``spack-appimage/``, the runtime's C sources included)
 differ from that commit, since then the commit alone does not say what ran. Without a
 commit (a pip install, no ``git``, or a directory whose files git does not track) the
 version alone is reported: it is all that is known, and a guess would mislead.
+
+Only the clone's own ``.git`` is asked (the directory above ``spack-appimage/``), and only
+when its owner owns the extension's files too: git runs commands a repository's config
+names (``core.fsmonitor``), so a ``.git`` that another user planted above a copy of the
+extension in ``/scratch`` would otherwise run code as everyone who builds an image.
 """
 
 import functools
@@ -40,28 +46,25 @@ class Identity(NamedTuple):
 def identity() -> Identity:
     """The version, and the commit of the clone with its dirtiness (once per process)."""
     root = _clone_root(EXTENSION_DIR)
-    if root is None:
+    if root is None or _git(root, "ls-files", "--error-unmatch", "--",
+                            os.path.join("appimage", "__init__.py")) is None:
         return Identity(__version__)
-    tracked = _git(root, "ls-files", "--error-unmatch", "--",
-                   os.path.join("appimage", "__init__.py"))
     commit = _git(root, "rev-parse", "--verify", "HEAD")
     status = _git(root, "status", "--porcelain", "--", ".")
-    if tracked is None or commit is None or status is None:
+    if commit is None or status is None:
         return Identity(__version__)
     return Identity(__version__, commit.strip(), bool(status.strip()))
 
 
-def _clone_root(directory: str) -> Optional[str]:
-    """The nearest directory at or above ``directory`` holding ``.git`` (a directory,
-    or a file in a worktree)."""
-    directory = os.path.realpath(directory)
-    while True:
-        if os.path.exists(os.path.join(directory, ".git")):
-            return directory
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
+def _clone_root(extension: str) -> Optional[str]:
+    """The clone ``extension`` (``spack-appimage/``) sits at the top of, if its ``.git``
+    (a directory, or a file in a worktree) has the owner of the extension's files."""
+    root = os.path.dirname(os.path.realpath(extension))
+    try:
+        git = os.lstat(os.path.join(root, ".git"))
+    except OSError:
+        return None
+    return root if git.st_uid == os.stat(extension).st_uid else None
 
 
 def _git(root: str, *args: str) -> Optional[str]:
@@ -75,7 +78,8 @@ def _git(root: str, *args: str) -> Optional[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
         result = subprocess.run(
-            ["git", "-c", f"safe.directory={root}", "--no-optional-locks", *args],
+            ["git", "-c", f"safe.directory={root}", "-c", "core.fsmonitor=false",
+             "--no-optional-locks", *args],
             cwd=EXTENSION_DIR, env=env, capture_output=True, text=True,
         )
     except OSError:  # no git

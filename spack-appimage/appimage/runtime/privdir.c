@@ -164,10 +164,16 @@ static int is_private(const struct stat *st) {
 }
 
 int private_subdir(int parent, const char *name, int *created) {
-    int made = mkdirat(parent, name, 0700) == 0;
-    if (!made && errno != EEXIST) return -1;
+    int made = 0, fd = -1;
+    /* The last user of an image removes its directory (extract.c's drop_image_dir, the
+       mount's cleanup): one that existed at mkdirat may be gone at openat; make it again. */
+    for (int attempt = 0; fd < 0 && attempt < 100; attempt++) {
+        made = mkdirat(parent, name, 0700) == 0;
+        if (!made && errno != EEXIST) return -1;
+        fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && (made || errno != ENOENT)) break;
+    }
     if (created) *created = made;
-    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
     if (fd < 0) {
         /* a symlink, a file, another user's closed directory: taken */
