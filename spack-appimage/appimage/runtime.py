@@ -29,12 +29,12 @@ from .assemble import check_runtime, section, stamp_magic
 from .compat import tty
 from .errors import OutputError, ToolError
 
-#: AppRun's CPU check (apprun/cpu.c), which --appimage-doctor shows as well: compiled into
+#: AppRun's CPU check (apprun/cpu.c, cpuid.c), which --appimage-doctor shows as well: compiled into
 #: both programs so that the comparison has one copy.
 _SHARED_DIR = os.path.join(os.path.dirname(__file__), "apprun")
 #: The runtime's C files (one concern each) and headers.
 SOURCES = toolchain.sources_of(os.path.join(os.path.dirname(__file__), "runtime")) + [
-    os.path.join(_SHARED_DIR, name) for name in ("cpu.c", "cpu.h")]
+    os.path.join(_SHARED_DIR, name) for name in ("cpu.c", "cpuid.c", "cpu.h")]
 
 #: Needed; pkg-config module names.
 REQUIRED = ("squashfuse_ll", "squashfuse", "fuse3", "zlib")  # zlib: verify.c's crc32

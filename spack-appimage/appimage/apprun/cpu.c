@@ -4,12 +4,14 @@
  * dies with "Illegal instruction" deep inside a library. AppRun says so in one line
  * before anything of the image runs instead.
  *
- * Cost: nothing for an image without cpu lines (a generic build); otherwise reads of
- * /proc/cpuinfo in small pieces up to its first flags line, within the first processor
- * block. The kernel formats that file a processor at a time, as it is read, and a read
- * that asks for more than the first processor's text makes it format the next one too
- * (measured: 20 us each on a 2-core VM, so a read to the end would cost a many-core node
- * milliseconds); small reads keep it at one processor whatever the node.
+ * Cost: nothing for an image without cpu lines (a generic build); otherwise the CPU's own
+ * answer for each flag (cpuid.c: a few CPUID instructions on x86_64, no file), and only
+ * for a flag it cannot answer (any on aarch64) reads of /proc/cpuinfo in small pieces up
+ * to its first flags line, within the first processor block. The kernel formats that file
+ * a processor at a time, as it is read (25-45 us for one on a 2-core VM), and a read that
+ * asks for more than the first processor's text makes it format the next one too (20 us
+ * more each, so a read to the end would cost a many-core node milliseconds); small reads
+ * keep it at one processor whatever the node.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -106,8 +108,12 @@ static int take_flags(struct cpu_host *host, char *list) {
     return 0;
 }
 
-int cpu_host_read(struct cpu_host *host) {
-    *host = (struct cpu_host){first_block(), NULL, NULL, 0};
+/* The model and flags of /proc/cpuinfo's first block into `host`, once; host->flags
+   stays NULL when the file is unreadable or lists no flags. */
+static void read_cpuinfo(struct cpu_host *host) {
+    if (host->read) return;
+    host->read = 1;
+    host->text = first_block();
     char *next, *flags = NULL;
     for (char *line = host->text; line && *line; line = next) {
         if ((next = strchr(line, '\n'))) *next++ = '\0';
@@ -120,9 +126,17 @@ int cpu_host_read(struct cpu_host *host) {
         if (!strcmp(line, "flags") || !strcmp(line, "Features")) flags = value;
         else if (!strcmp(line, "model name")) host->model = value;
     }
-    if (flags && !take_flags(host, flags)) return 0;
-    cpu_host_free(host);
-    return -1;
+    if (!flags || take_flags(host, flags)) {
+        free(host->text);
+        free(host->flags);
+        *host = (struct cpu_host){.read = 1};
+    }
+}
+
+int cpu_host_read(struct cpu_host *host) {
+    *host = (struct cpu_host){0};
+    read_cpuinfo(host);
+    return host->flags || cpuid_answers() ? 0 : -1;
 }
 
 void cpu_host_free(struct cpu_host *host) {
@@ -131,8 +145,14 @@ void cpu_host_free(struct cpu_host *host) {
     *host = (struct cpu_host){0};
 }
 
-/* Whether the host has the flag word[0..len) (a binary search of its sorted flags). */
-static int has(const struct cpu_host *host, const char *word, size_t len) {
+/* Whether the host has the flag word[0..len): the CPU's answer where cpuid.c has one,
+   else a binary search of /proc/cpuinfo's sorted flags, read at the first such flag; a
+   flag that neither knows counts as present (a host is never refused on no data). */
+static int has(struct cpu_host *host, const char *word, size_t len) {
+    int answer = cpuid_has(word, len);
+    if (answer >= 0) return answer;
+    read_cpuinfo(host);
+    if (!host->flags) return 1;
     for (int low = 0, high = host->n_flags - 1; low <= high;) {
         int mid = (low + high) / 2, order = strncmp(word, host->flags[mid], len);
         if (!order && host->flags[mid][len] == '\0') return 1;
@@ -148,7 +168,7 @@ static void append(char *out, size_t cap, const char *fmt, const char *s, int le
     if (used + 1 < cap) snprintf(out + used, cap - used, fmt, len, s);
 }
 
-int cpu_missing(const struct cpu_host *host, const char *needed, int listed, char *out,
+int cpu_missing(struct cpu_host *host, const char *needed, int listed, char *out,
                 size_t cap) {
     int missing = 0;
     char more[32];
@@ -167,7 +187,7 @@ int cpu_missing(const struct cpu_host *host, const char *needed, int listed, cha
     return missing;
 }
 
-const char *cpu_level_of(const struct cpu_table *table, const struct cpu_host *host) {
+const char *cpu_level_of(const struct cpu_table *table, struct cpu_host *host) {
     const char *highest = NULL;
     for (int i = 0; i < table->n_levels; i++)
         if (!cpu_missing(host, table->levels[i].flags, 0, NULL, 0))
@@ -202,9 +222,8 @@ char *cpu_specs(const char *specs) {
 
 void cpu_check(const struct cpu_table *table, const char *image) {
     const char *ignore = getenv("APPIMAGE_IGNORE_CPU");
-    struct cpu_host host;
-    if (!table->n_needs || (ignore && *ignore && strcmp(ignore, "0")) || cpu_host_read(&host))
-        return;
+    struct cpu_host host = {0}; /* /proc/cpuinfo unread: has() reads it if it must */
+    if (!table->n_needs || (ignore && *ignore && strcmp(ignore, "0"))) return;
     for (int i = 0; i < table->n_needs; i++) {
         const struct cpu_need *need = &table->needs[i];
         char lacks[LISTED * 64 + 32];

@@ -3,7 +3,8 @@
  * apprun.write_table) against the host's. One copy for both programs that use it:
  * AppRun refuses a host that lacks a needed flag before anything of the image runs, and
  * the runtime's --appimage-doctor shows the same comparison (runtime.py compiles this
- * file into the runtime too), both reading the table with its line splitter.
+ * file and cpuid.c, the CPU's own answers, into the runtime too), both reading the table
+ * with its line splitter.
  */
 #ifndef SPACK_APPIMAGE_CPU_H
 #define SPACK_APPIMAGE_CPU_H
@@ -35,25 +36,38 @@ int table_fields(char *line, char **fields, int max);
    cpu or cpu-level line: 1; 0 for another kind; -1 out of memory. */
 int cpu_table_add(struct cpu_table *table, char **f, int n);
 
-/* The host's CPU, from the first processor block of /proc/cpuinfo. */
+/* The host's CPU: the CPU's own answers (cpuid.c) and the first processor block of
+   /proc/cpuinfo, read only for what those cannot answer. A zeroed struct is a host whose
+   /proc/cpuinfo is still unread. */
 struct cpu_host {
+    int read;          /* whether /proc/cpuinfo was read (the fields below) */
     char *text;        /* that block; the fields point into it */
     const char *model; /* "model name", NULL where the kernel gives none */
     char **flags;      /* "flags" on x86, "Features" on aarch64, sorted: a table's
-                          hundred flags are each found in a few steps */
+                          hundred flags are each found in a few steps; NULL when the
+                          file is unreadable or lists none */
     int n_flags;
 };
-/* 0, or -1 when /proc/cpuinfo cannot be read or lists no flags: then nothing is known
-   (AT_HWCAP is not consulted: its bits name fewer features than the table's flags). */
+/* Reads /proc/cpuinfo (the doctor names the model). 0, or -1 when nothing is known of the
+   flags: the file is unreadable or lists none, and the CPU cannot be asked. */
 int cpu_host_read(struct cpu_host *host);
 void cpu_host_free(struct cpu_host *host);
 
 /* How many flags of `needed` the host lacks; the first `listed` of them go to `out`
-   joined with ", ", followed by " and N more" when there are more. */
-int cpu_missing(const struct cpu_host *host, const char *needed, int listed, char *out,
+   joined with ", ", followed by " and N more" when there are more. A flag neither the
+   CPU nor /proc/cpuinfo answers for is not counted. */
+int cpu_missing(struct cpu_host *host, const char *needed, int listed, char *out,
                 size_t cap);
 /* The highest of the table's generic levels whose flags the host has, or NULL. */
-const char *cpu_level_of(const struct cpu_table *table, const struct cpu_host *host);
+const char *cpu_level_of(const struct cpu_table *table, struct cpu_host *host);
+
+/* cpuid.c: whether this CPU has the kernel flag word[0..len) as /proc/cpuinfo would say,
+   asked of the CPU itself (x86_64: CPUID, and XCR0 for state the OS must enable), which
+   costs no file read: 1 or 0; -1 for a flag it has no answer for (not in its table, or
+   not x86_64), which the caller reads /proc/cpuinfo for. */
+int cpuid_has(const char *word, size_t len);
+/* 1 where cpuid_has answers for some flags (x86_64), else 0. */
+int cpuid_answers(void);
 /* A cpu line's SPECS as messages list them: "a@1,b@2" as "a@1, b@2" (malloc'd; NULL if
    out of memory). */
 char *cpu_specs(const char *specs);
