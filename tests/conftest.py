@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import getpass
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -242,6 +243,18 @@ def fails(site, *args, env=None, cwd=None, code=1, spack_options=()):
     errors = [line for line in result.stderr.splitlines() if "Error:" in line]
     assert len(errors) == 1, result.stderr
     return errors[0]
+
+
+@contextlib.contextmanager
+def readable_tmp_dir(prefix: str):
+    """A directory every user can read (pytest's ``tmp_path`` is closed to others, and
+    tests run images as an ordinary user), removed after the block."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(directory, 0o755)
+    try:
+        yield pathlib.Path(directory)
+    finally:
+        shutil.rmtree(directory)
 
 
 @contextlib.contextmanager

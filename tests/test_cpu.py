@@ -10,13 +10,11 @@ ordinary user through the project's runtime.
 
 import json
 import os
-import shutil
-import tempfile
 
 import pytest
 
 import spack
-from conftest import INSTALL_TIMEOUT
+from conftest import INSTALL_TIMEOUT, readable_tmp_dir
 from spack.extensions.appimage import cpu
 from spack.extensions.appimage.compat import archspec_cpu
 
@@ -74,11 +72,8 @@ one_spack = pytest.mark.one_spack
 
 @pytest.fixture(scope="module")
 def images_dir():
-    """Where the images go: readable by the ordinary user."""
-    directory = tempfile.mkdtemp(prefix="cpu-images-")
-    os.chmod(directory, 0o755)
-    yield directory
-    shutil.rmtree(directory)
+    with readable_tmp_dir("cpu-images-") as directory:
+        yield directory
 
 
 def built(site, env, images_dir, name):

@@ -12,12 +12,11 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 
 import pytest
-from conftest import INSTALL_TIMEOUT, fails, store_renamed_away
+from conftest import INSTALL_TIMEOUT, fails, readable_tmp_dir, store_renamed_away
 
 #: What ai-junk and ai-script offer: the programs an image can run, and the others.
 JUNK_LISTING = {
@@ -70,11 +69,9 @@ def junk_env(site):
 
 @pytest.fixture(scope="module")
 def shared_dir():
-    """A directory every user can read: the image and a link to it."""
-    directory = tempfile.mkdtemp(prefix="entries-")
-    os.chmod(directory, 0o755)
-    yield directory
-    shutil.rmtree(directory)
+    """The image and a link to it."""
+    with readable_tmp_dir("entries-") as directory:
+        yield directory
 
 
 @pytest.fixture(scope="module")

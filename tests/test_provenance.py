@@ -12,11 +12,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
-from conftest import EXTENSION, ROOT, fails
+from conftest import EXTENSION, ROOT, fails, readable_tmp_dir
 
 VERSION = open(os.path.join(EXTENSION, "appimage", "VERSION")).read().strip()
 ENTRIES = ["--entry", "ai-hello=ai-hello", "--entry", "ai-cxx"]  # ai-cxx has a bin/ai-hello too
@@ -51,19 +50,14 @@ def expected_identity(clone=ROOT):
 
 @pytest.fixture
 def shared_dir():
-    """A directory every user can read, removed after the test."""
-    directory = tempfile.mkdtemp(prefix="provenance-")
-    os.chmod(directory, 0o755)
-    yield pathlib.Path(directory)
-    shutil.rmtree(directory)
+    with readable_tmp_dir("provenance-") as directory:
+        yield directory
 
 
 @pytest.fixture(scope="module")
 def images_dir():
-    directory = tempfile.mkdtemp(prefix="provenance-images-")
-    os.chmod(directory, 0o755)
-    yield pathlib.Path(directory)
-    shutil.rmtree(directory)
+    with readable_tmp_dir("provenance-images-") as directory:
+        yield directory
 
 
 def test_version_needs_no_environment(site):
