@@ -281,11 +281,11 @@ class Spack:
         )
         self.env_vars.pop("SPACK_ENV", None)
 
-    def __call__(self, *args, env=None, cwd=None, check=True, **kwargs):
+    def __call__(self, *args, env=None, cwd=None, check=True, variables=None, **kwargs):
         command = ["spack"] + (["-e", env] if env else []) + list(args)
         result = subprocess.run(
-            command, cwd=cwd or self.root, env=self.env_vars, capture_output=True,
-            text=True, **kwargs,
+            command, cwd=cwd or self.root, env=dict(self.env_vars, **(variables or {})),
+            capture_output=True, text=True, **kwargs,
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -293,6 +293,16 @@ class Spack:
                 f"{result.stdout}\n{result.stderr}"
             )
         return result
+
+    def install(self, env: str, *args, **kwargs):
+        """``spack install ARGS`` in ``env``, with :data:`INSTALL_TIMEOUT` and its temporary
+        files in the site: Spack leaves a directory of every autotools package's ``.la``
+        files in ``$TMPDIR`` (llnl.util.filesystem's removal by renaming into a
+        ``mkdtemp``), and the suite leaves nothing in /tmp (:func:`nothing_left_behind`)."""
+        tmp = os.path.join(self.root, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        return self("install", *args, env=env, timeout=INSTALL_TIMEOUT,
+                    variables={"TMPDIR": tmp}, **kwargs)
 
     def make_env(self, name: str, specs, concretize=False) -> str:
         path = os.path.join(self.root, "envs", name)
@@ -327,7 +337,7 @@ def site(tmp_path_factory):
     _require("mpicc", "apt-get install openmpi-bin libopenmpi-dev (see .ci/run)")
     spack_ = Spack(root)
     spack_.env = spack_.make_env("main", ENV_SPECS)
-    spack_("install", env=spack_.env, timeout=INSTALL_TIMEOUT)
+    spack_.install(spack_.env)
     return spack_
 
 
@@ -415,7 +425,7 @@ def _offline_env(site, name: str) -> str:
     with open(os.path.join(path, "spack.yaml"), "w") as f:
         f.write(f"spack:\n  specs: {OFFLINE_ENVS[name]}\n  view: false\n"
                 + repos_config("appimage_offline", "appimage_test", indent="  "))
-    site("install", "--fail-fast", f"-j{os.cpu_count()}", env=path, timeout=INSTALL_TIMEOUT)
+    site.install(path, "--fail-fast", f"-j{os.cpu_count()}")
     return path
 
 

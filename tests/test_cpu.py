@@ -14,7 +14,7 @@ import os
 import pytest
 
 import spack
-from conftest import INSTALL_TIMEOUT, readable_tmp_dir
+from conftest import readable_tmp_dir
 from spack.extensions.appimage import cpu
 from spack.extensions.appimage.compat import archspec_cpu
 
@@ -55,7 +55,7 @@ def install_for(site, target: str) -> str:
         f.write("spack:\n  specs: [ai-hello]\n  view: false\n"
                 "  concretizer:\n    targets:\n      host_compatible: false\n"
                 f"  packages:\n    all:\n      require: target={target}\n")
-    installed = site("install", env=path, check=False, timeout=INSTALL_TIMEOUT)
+    installed = site.install(path, check=False)
     if installed.returncode != 0:
         pytest.fail(f"Spack {spack.spack_version} could not build ai-hello for "
                     f"target={target} on this host:\n{installed.stdout}\n{installed.stderr}",

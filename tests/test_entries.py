@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import INSTALL_TIMEOUT, fails, readable_tmp_dir, store_renamed_away
+from conftest import fails, readable_tmp_dir, store_renamed_away
 
 #: What ai-junk and ai-script offer: the programs an image can run, and the others.
 JUNK_LISTING = {
@@ -63,7 +63,7 @@ def installed(site, spec_label: str) -> str:
 @pytest.fixture(scope="module")
 def junk_env(site):
     env = site.make_env("entries", ["ai-junk", "ai-script"])
-    site("install", env=env, timeout=INSTALL_TIMEOUT)
+    site.install(env)
     return env
 
 
