@@ -55,7 +55,9 @@ def listed(site, env):
 def installed(site, spec_label: str) -> str:
     """The store prefix that a label ``name@version/hash7`` names (one, or the test fails)."""
     name_version, hash7 = spec_label.split("/")
-    prefixes = glob.glob(f"{site.store}/*/{name_version.replace('@', '-')}-{hash7}*")
+    # <store>/<arch>/<name>-<version>-<hash> since Spack 1.0, <arch>/<compiler>/... before
+    prefixes = glob.glob(f"{site.store}/**/{name_version.replace('@', '-')}-{hash7}*",
+                         recursive=True)
     assert len(prefixes) == 1, (spec_label, prefixes)
     return prefixes[0]
 
