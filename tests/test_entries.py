@@ -167,7 +167,7 @@ def test_every_program_of_a_spec_runs_from_the_image(site, junk_image, ordinary_
     args = ["a b", "c"]
     expected = {}
     for name in JUNK_ENTRIES:
-        program, = glob.glob(f"{site.store}/*/ai-*/bin/{name}")
+        program, = glob.glob(f"{site.store}/**/ai-*/bin/{name}", recursive=True)
         expected[name] = subprocess.run([program, *args], capture_output=True, text=True,
                                         check=True).stdout
     link = os.path.join(os.path.dirname(image), "run-junk")
