@@ -1,7 +1,7 @@
 """The CPU an image needs: said by the build and the dry run, recorded in the manifest and
 the entry table, and checked by AppRun before anything of the image runs.
 
-Real Spack builds of ai-hello (and its libraries) in the session site's store, once for a
+Real Spack builds of ai-hello (and its libraries) in stores of their own, once for a
 target whose flags this host lacks (chosen from this host's own /proc/cpuinfo: an AMD one
 on an Intel host, an Intel one on an AMD host; gcc compiles for it with -march, the host
 cannot be trusted to run it) and once for ``x86_64_v3``; real images of both, run as an
@@ -46,13 +46,15 @@ def foreign_target():
 
 
 def install_for(site, target: str) -> str:
-    """An environment of ai-hello with every spec built for ``target``, installed.
+    """An environment of ai-hello with every spec built for ``target``, installed in a
+    store of its own: tests of the session's store expect one ai-hello there.
     ``host_compatible: false`` lets the concretizer pick a target this host cannot run
     (Spack 0.23 and 1.x alike)."""
     path = os.path.join(site.root, "envs", f"cpu-{target}")
     os.makedirs(path)
     with open(os.path.join(path, "spack.yaml"), "w") as f:
         f.write("spack:\n  specs: [ai-hello]\n  view: false\n"
+                f"  config:\n    install_tree:\n      root: {path}/store\n"
                 "  concretizer:\n    targets:\n      host_compatible: false\n"
                 f"  packages:\n    all:\n      require: target={target}\n")
     installed = site.install(path, check=False)
