@@ -276,11 +276,12 @@ def test_the_cpus_own_answers_are_what_this_hosts_proc_cpuinfo_says(cpuid_progra
 
 def test_the_cpu_answers_every_flag_of_archspecs_targets_but_one(cpuid_program):
     """AppRun reads no /proc/cpuinfo for any x86_64 target of archspec but zen5, whose
-    ibrs_enhanced Intel reports in a model-specific register only the kernel can read."""
+    ibrs_enhanced Intel reports in a model-specific register only the kernel can read
+    (the archspec of Spack 0.23 has no zen5)."""
     if FAMILY.name != "x86_64":
         pytest.skip("cpuid.c answers on x86_64 only (aarch64 reads /proc/cpuinfo)")
     needed = set().union(*(cpu.kernel_flags(t) for t in family_targets()))
-    assert needed - set(answers(cpuid_program)) == {"ibrs_enhanced"}
+    assert needed - set(answers(cpuid_program)) <= {"ibrs_enhanced"}
 
 
 def test_apprun_reads_cpuinfo_only_for_a_flag_the_cpu_cannot_answer(images, tmp_path):
