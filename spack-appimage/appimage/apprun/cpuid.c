@@ -94,6 +94,7 @@ static const struct flag FLAGS[] = {
     {"clflushopt", L7, EBX, 23, 0},
     {"clwb", L7, EBX, 24, 0},
     {"clzero", LX8, EBX, 0, 0},
+    {"cppc", LX8, EBX, 27, 0},
     {"cx16", L1, ECX, 13, 0},
     {"f16c", L1, ECX, 29, AVX},
     {"flush_l1d", L7, EDX, 28, 0},
