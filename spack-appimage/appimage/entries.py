@@ -118,10 +118,6 @@ def link_run_nodes(env) -> List:
     return nodes
 
 
-def _is_executable_file(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
 def _matching(request: str, constraint: str, specs: Sequence) -> List:
     """The specs among ``specs`` that satisfy the ``SPEC`` part of ``request``."""
     try:
@@ -183,7 +179,7 @@ def find(request: str, nodes: Sequence) -> Entry:
             f"say which with --entry {target}=SPEC, e.g. --entry {target}={likeliest}",
         )
     entry = found[0]
-    if not _is_executable_file(entry.path):
+    if not programs.is_executable_file(entry.path):
         raise EntryError(
             f"--entry {request}: {entry.path} is not an executable file",
             "name a program, not a data file or directory",
@@ -296,7 +292,7 @@ def _with_interpreter(entry: Entry, request: str, nodes: Sequence) -> Entry:
             f"add its package to the environment, or make it a run dependency of "
             f"{entry.spec.name}",
         )
-    if not _is_executable_file(interpreter):
+    if not programs.is_executable_file(interpreter):
         raise EntryError(
             f"--entry {request}: the interpreter {interpreter} of this script is neither in "
             "the environment nor a program on this machine",

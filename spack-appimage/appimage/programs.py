@@ -42,9 +42,14 @@ def owner(path: str, spec, nodes: Sequence) -> Optional[Program]:
     return Program(name, holder, os.path.realpath(path)) if holder else None
 
 
+def is_executable_file(path: str) -> bool:
+    """Whether ``path`` (after links) is a regular file this user may execute."""
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def is_program(path: str) -> bool:
     """Whether ``path`` (after links) is an executable ELF file or ``#!`` script."""
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+    if not is_executable_file(path):
         return False
     try:
         with open(path, "rb") as f:
