@@ -19,12 +19,14 @@
  *     loader <TAB> DIR                 (a directory the host's loader searches by default
  *                                      on this architecture, in order)
  *     cpu, cpu-level                   (the CPU the image needs: cpu.h)
+ *     store <TAB> PREFIX <TAB> DIR     (a bundled prefix shown at its store path: store.h)
  *
  * Before running an entry it checks, cheaply, what would otherwise fail inside the
  * loader or the program with a less helpful message: a CPU without flags the image's
  * builds need (cpu.c), a host glibc older than the image needs, and host
  * libraries the loader cannot find (LD_LIBRARY_PATH, /etc/ld.so.cache, the loader
- * directories). The table has no size limit: its arrays are sized by its line count.
+ * directories). Then, for an image with store lines, it shows the bundled prefixes at
+ * their store paths (store.h) and runs the entry in that view. The table has no size limit: its arrays are sized by its line count.
  *
  * Which entry runs:
  *   1. basename of $ARGV0 (set by the runtime), else of argv[0], names an entry:
@@ -48,6 +50,7 @@
 #include <unistd.h>
 
 #include "cpu.h"
+#include "store.h"
 
 struct entry {
     const char *name;
@@ -76,6 +79,7 @@ static int n_host_libs;
 static struct env_change *env_changes;
 static int n_env_changes;
 static struct cpu_table cpu;
+static struct store_table store;
 
 static const char *base_name(const char *path) {
     const char *slash = strrchr(path, '/');
@@ -129,7 +133,7 @@ static int parse(char *text) {
             host_libs[n_host_libs++] = (struct host_lib){a, b, f[3]};
         else if (!strcmp(kind, "env") && n >= 5)
             env_changes[n_env_changes++] = (struct env_change){a, b, f[3], f[4]};
-        else if (cpu_table_add(&cpu, f, n) < 0)
+        else if (cpu_table_add(&cpu, f, n) < 0 || store_table_add(&store, f, n) < 0)
             return -1;
     }
     return n_entries > 0 ? 0 : -1;
@@ -424,6 +428,7 @@ int main(int argc, char **argv) {
         args[n++] = (char *)chosen->name;
     }
     for (int i = first; i < argc; i++) args[n++] = argv[i];
+    store_view(&store, self, image_name);
     execv(program, args);
     fprintf(stderr, "AppRun: cannot run %s: %s\n", program, strerror(errno));
     return 127;

@@ -226,7 +226,8 @@ static int lock_image_dir(struct extraction *ex, const char *id, char *why, size
     return snprintf(why, cap, "%s keeps being removed", ex->path), -1;
 }
 
-/* Removes the image's directory and its two lock files, unless it holds a copy: the
+/* Removes the image's directory and its two lock files (and AppRun's store-view files,
+   apprun/userns.c, whose holder may not have removed them yet), unless it holds a copy: the
    caller holds "lock" exclusively and "users" with nobody else, so every other process
    that opened them waits for the lock and then sees they are gone (lock_image_dir). The
    lock files go first: a launcher that opened the directory meanwhile makes new ones,
@@ -237,6 +238,8 @@ static void drop_image_dir(int base, const char *id, int dir) {
     if (!fstatat(dir, "root", &st, AT_SYMLINK_NOFOLLOW) || errno != ENOENT) return;
     (void)unlinkat(dir, "users", 0);
     (void)unlinkat(dir, "lock", 0);
+    (void)unlinkat(dir, "ns", 0);
+    (void)unlinkat(dir, "ns.users", 0);
     (void)unlinkat(base, id, AT_REMOVEDIR);
 }
 

@@ -103,9 +103,10 @@ void clear_dead_mount(const char *mnt) {
 }
 
 void remove_mount_dir(const char *dir) {
-    const char *names[] = {"mnt", "users", "lock"};
+    /* with AppRun's store-view files (apprun/userns.c), whose holder may still be leaving */
+    const char *names[] = {"mnt", "users", "lock", "ns", "ns.users"};
     char path[PATH_MAX];
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
         if (path_printf(path, sizeof path, "%s/%s", dir, names[i])) return;
         if (i == 0) (void)rmdir(path); else (void)unlink(path); /* gone already: fine */
     }

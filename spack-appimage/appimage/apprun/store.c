@@ -1,0 +1,164 @@
+/*
+ * The mounts of the store view (store.h): each bundled prefix shown at its store path.
+ *
+ * Where the prefix exists (the build machine, a node that shares its store, or another
+ * store at the same path) it is covered by a bind mount of the image's directory. Where
+ * it does not (the common case on other machines) its missing directories cannot be
+ * made on the host, so, as guix pack -RR does for /gnu/store, the deepest ancestor that
+ * exists gets a tmpfs laid over it that mirrors its entries (a bind mount per directory
+ * or file, a copy per symlink) and holds the missing directories down to the prefix;
+ * then that tmpfs is made read-only, so a program that creates a file right in that
+ * ancestor gets EROFS instead of writing into memory that vanishes with the namespace.
+ * Everything else of the host stays as it is: home, scratch, /tmp, /proc, /dev, the
+ * host's MPI and GPU driver. An ancestor that is / itself (no directory of the prefix
+ * exists on the node) is refused: the view would need a new root (pivot_root), which
+ * this does not do.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+
+/* Puts the reason in `why`; returns -1. */
+int store_fail(char *why, size_t cap, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(why, cap, format, args);
+    va_end(args);
+    return -1;
+}
+
+int store_table_add(struct store_table *table, char **f, int n) {
+    if (n < 3 || strcmp(f[0], "store")) return 0;
+    struct store_mount *more = realloc(table->mounts, (table->n + 1) * sizeof *more);
+    if (!more) return -1;
+    table->mounts = more;
+    table->mounts[table->n++] = (struct store_mount){f[1], f[2]};
+    return 1;
+}
+
+/* The deepest existing directory that is `path` or one of its ancestors, into `out`. */
+static void deepest_existing(const char *path, char *out, size_t cap) {
+    struct stat st;
+    snprintf(out, cap, "%s", path);
+    while (strcmp(out, "/") && stat(out, &st)) {
+        char *slash = strrchr(out, '/');
+        if (slash == out) slash[1] = '\0';
+        else *slash = '\0';
+    }
+}
+
+/* The directories from below `top` down to `path` (inclusive), made in the tmpfs. */
+static int make_path(const char *top, const char *path, char *why, size_t cap) {
+    char partial[PATH_MAX];
+    size_t start = strlen(top) + (strcmp(top, "/") ? 1 : 0);
+    for (const char *c = path + start;; c++) {
+        if (*c != '/' && *c) continue;
+        snprintf(partial, sizeof partial, "%.*s", (int)(c - path), path);
+        if (mkdir(partial, 0755) && errno != EEXIST)
+            return store_fail(why, cap, "mkdir %s: %s", partial, strerror(errno));
+        if (!*c) return 0;
+    }
+}
+
+/* Lays a tmpfs over `dir` that shows its entries as before (see the top). */
+static int mirror(const char *dir, char *why, size_t cap) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st;
+    DIR *listing = fd < 0 ? NULL : fdopendir(dup(fd));
+    if (!listing || fstat(fd, &st)) {
+        snprintf(why, cap, "cannot read %s: %s", dir, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    char options[64];
+    snprintf(options, sizeof options, "mode=%o,size=1m", st.st_mode & 07777);
+    if (mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV, options)) {
+        snprintf(why, cap, "cannot mount a tmpfs on %s: %s", dir, strerror(errno));
+        closedir(listing), close(fd);
+        return -1;
+    }
+    int rc = 0;
+    for (struct dirent *e; !rc && (e = readdir(listing));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char source[64 + NAME_MAX], target[PATH_MAX], link[PATH_MAX];
+        struct stat entry;
+        snprintf(source, sizeof source, "/proc/self/fd/%d/%s", fd, e->d_name);
+        if (snprintf(target, sizeof target, "%s/%s", strcmp(dir, "/") ? dir : "", e->d_name) >=
+                (int)sizeof target || fstatat(fd, e->d_name, &entry, AT_SYMLINK_NOFOLLOW))
+            continue; /* gone meanwhile, or a name too long to show: left out */
+        if (S_ISLNK(entry.st_mode)) {
+            ssize_t len = readlinkat(fd, e->d_name, link, sizeof link - 1);
+            if (len < 0) continue;
+            link[len] = '\0';
+            rc = symlink(link, target);
+        } else {
+            int made = S_ISDIR(entry.st_mode) ? mkdir(target, 0755)
+                                              : mknod(target, S_IFREG | 0644, 0);
+            rc = made ? made : mount(source, target, NULL, MS_BIND | MS_REC, NULL);
+        }
+        if (rc) snprintf(why, cap, "cannot show %s in the view of %s: %s", e->d_name, dir,
+                         strerror(errno));
+    }
+    closedir(listing);
+    close(fd);
+    return rc;
+}
+
+int store_mount_all(const struct store_table *table, const char *appdir, char *why,
+                    size_t cap) {
+    char (*tops)[PATH_MAX] = calloc(table->n ? table->n : 1, sizeof *tops);
+    if (!tops) return store_fail(why, cap, "out of memory");
+    int rc = 0;
+    /* Each prefix's deepest existing ancestor, found before any mount changes the view. */
+    for (int i = 0; !rc && i < table->n; i++) {
+        deepest_existing(table->mounts[i].prefix, tops[i], sizeof tops[i]);
+        if (!strcmp(tops[i], "/"))
+            rc = store_fail(why, cap, "no directory of %s exists on this node",
+                          table->mounts[i].prefix);
+    }
+    /* Shallower ancestors first: a deeper one is reached through the mirror's bind. */
+    for (size_t depth = 1; !rc && depth < PATH_MAX; depth++) {
+        int any = 0;
+        for (int i = 0; !rc && i < table->n; i++) {
+            const char *top = tops[i];
+            size_t len = strlen(top);
+            any |= len >= depth;
+            if (len != depth || !strcmp(top, table->mounts[i].prefix)) continue;
+            int first = 1; /* the first line with this ancestor mirrors it */
+            for (int j = 0; j < i; j++) first &= strcmp(tops[j], top) != 0;
+            if (first) {
+                rc = mirror(top, why, cap);
+                for (int j = i; !rc && j < table->n; j++)
+                    if (!strcmp(tops[j], top))
+                        rc = make_path(top, table->mounts[j].prefix, why, cap);
+                if (!rc && mount(NULL, top, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+                                 NULL))
+                    rc = store_fail(why, cap, "cannot make the view of %s read-only: %s", top,
+                                  strerror(errno));
+            }
+        }
+        if (!any) break;
+    }
+    for (int i = 0; !rc && i < table->n; i++) {
+        char source[PATH_MAX];
+        if (snprintf(source, sizeof source, "%s/%s", appdir, table->mounts[i].dir) >=
+                (int)sizeof source)
+            rc = store_fail(why, cap, "the path of %s is too long", table->mounts[i].dir);
+        else if (mount(source, table->mounts[i].prefix, NULL, MS_BIND | MS_REC, NULL))
+            rc = store_fail(why, cap, "cannot show %s at %s: %s", source,
+                          table->mounts[i].prefix, strerror(errno));
+    }
+    free(tops);
+    return rc;
+}

@@ -1,0 +1,52 @@
+/*
+ * The store view: the image's bundled prefixes shown at their original store paths, in
+ * a mount namespace of the image's own, for programs that compiled those paths in
+ * (Perl's @INC, a code's data directory). The entry table lists them:
+ *
+ *     store <TAB> PREFIX <TAB> DIR       (a bundled spec's install prefix, as its files
+ *                                         name it, and its AppDir-relative directory)
+ *
+ * An image without store lines never gets a namespace (the build wrote none: its
+ * --store-view is never, or auto and no file names the store).
+ *
+ * store.c makes the mounts inside a namespace; userns.c makes the namespace, shared by
+ * every process of the image on the node, or joins it.
+ */
+#ifndef SPACK_APPIMAGE_STORE_H
+#define SPACK_APPIMAGE_STORE_H
+
+#include <stddef.h>
+
+struct store_mount {
+    const char *prefix, *dir;
+};
+struct store_table {
+    struct store_mount *mounts;
+    int n;
+};
+
+/* Takes a table line split at tabs (`n` fields in `f`, kept, not copied) when it is a
+   store line: 1; 0 for another kind; -1 out of memory. */
+int store_table_add(struct store_table *table, char **f, int n);
+
+/* Puts the reason in `why` (store.c and userns.c report so); returns -1. */
+int store_fail(char *why, size_t cap, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* store.c: in a mount namespace of its own where the caller may mount (its user
+   namespace's root, or real root), shows APPDIR/DIR at PREFIX for every line. A PREFIX
+   that exists is covered by a bind mount; one that does not gets its missing
+   directories in a tmpfs laid over its deepest existing ancestor, which mirrors that
+   ancestor's entries with bind mounts and is then made read-only. 0, or -1 with the
+   reason in `why`. */
+int store_mount_all(const struct store_table *table, const char *appdir, char *why,
+                    size_t cap);
+
+/* userns.c: puts this process into the image's store view before the entry runs: joins
+   the namespace another process of the same image (same runtime directory) made on
+   this node, else makes one. Where that cannot be done (user namespaces disabled or
+   refused, a prefix that cannot be shown), or APPIMAGE_STORE_VIEW=never, the entry runs
+   without it, as a relocated image runs, and VERBOSE says why. */
+void store_view(const struct store_table *table, const char *appdir, const char *image);
+
+#endif
