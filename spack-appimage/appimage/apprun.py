@@ -53,6 +53,7 @@ def write_table(
     run_environment: Sequence[Tuple[str, str, str, str]] = (),
     loader_dirs: Sequence[str] = (),
     cpu: Sequence[Tuple[str, ...]] = (),
+    store: Sequence[Tuple[str, str, str]] = (),
 ) -> None:
     """The table AppRun reads (format in apprun/apprun.c). ``host_libs`` are (entry,
     library, why) for the checks AppRun makes before running an entry, which look in
@@ -69,6 +70,7 @@ def write_table(
     lines += ["\t".join(("env",) + change) for change in run_environment]
     lines += [f"loader\t{d}" for d in loader_dirs]
     lines += ["\t".join(line) for line in cpu]
+    lines += ["\t".join(line) for line in store]
     os.makedirs(os.path.join(appdir, os.path.dirname(TABLE)), exist_ok=True)
     with open(os.path.join(appdir, TABLE), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -77,11 +79,12 @@ def write_table(
 def install(appdir: str, entries: Sequence, points: Sequence[EntryPoint], libraries, policy,
             default: Optional[str],
             run_environment: Sequence[Tuple[str, str, str, str]] = (),
-            cpu_need=None):
+            cpu_need=None, store_view=None):
     """AppRun and its table in ``appdir``: the entries, the bin directories put first in
     PATH, the glibc the bundled files need, each entry's host libraries (minus the
     glibc family, which every host has), the bundled specs' run environment, and the
-    CPU they need (a :class:`.cpu.Need`, None when they run on any CPU of the family)."""
+    CPU they need (a :class:`.cpu.Need`, None when they run on any CPU of the family),
+    and the prefixes of the store view (a :class:`.storeview.StoreView`)."""
     from .policy import loader_dirs
 
     bin_dirs = list(dict.fromkeys(os.path.dirname(p.path) for p in points))
@@ -94,7 +97,8 @@ def install(appdir: str, entries: Sequence, points: Sequence[EntryPoint], librar
     ]
     write_table(appdir, points, default, bin_dirs, libraries.glibc_requirement,
                 host_libs, run_environment, loader_dirs(platform.machine()),
-                cpu_need.table_lines() if cpu_need else ())
+                cpu_need.table_lines() if cpu_need else (),
+                store_view.table_lines() if store_view else ())
     target = os.path.join(appdir, "AppRun")
     shutil.copyfile(build(), target)
     os.chmod(target, 0o755)

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from . import apprun, assemble, bytecode, closure, cpu, desktop, entries, extras, interpreters
 from . import leaks, manifest, relocate, report, runenv
-from . import runtime, scratch, squashfs, stage
+from . import runtime, scratch, squashfs, stage, storeview
 from .compat import tty
 from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError, Terminated
 from .errors import full_disk_names
@@ -51,6 +51,8 @@ class Options:
     command: Sequence[str] = ()
     #: the environment's directory, recorded in the manifest with its spack.lock's digest
     environment: Optional[str] = None
+    #: when AppRun shows the bundled prefixes at their store paths (:mod:`storeview`)
+    store_view: str = "auto"
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Result:
     bundled: List = field(default_factory=list)
     #: the CPU the bundled specs were built for (None: any CPU of their family)
     cpu_need: Optional[cpu.Need] = None
+    store_view: storeview.StoreView = field(default_factory=lambda: storeview.StoreView("auto"))
 
 
 #: The stages of a build, in order, with what their progress lines say (``{...}`` filled
@@ -233,8 +236,14 @@ def run(env, options: Options) -> Result:
                          "holds a tab or newline")
             if not options.dry_run:
                 for label, paths in result.store_paths.items():
-                    tty.warn(f"{len(paths)} files of {label} name the store; programs reading "
-                             "them may fail on other machines (--dry-run lists them)")
+                    if result.store_view.applies:
+                        tty.msg(f"{len(paths)} files of {label} name the store: the image "
+                                "shows them at their store paths where the node allows user "
+                                "namespaces (--dry-run lists them)")
+                    else:
+                        tty.warn(f"{len(paths)} files of {label} name the store; programs "
+                                 "reading them may fail on other machines (--dry-run lists "
+                                 "them; --store-view auto shows them there)")
         if options.dry_run:
             with progress.stage("report", draws=True):
                 data = report.collect(result, result.layout, policy.always_there)
@@ -299,7 +308,8 @@ def plan_image(found, nodes, layout: Layout, policy, options: Options,
     return Result(None, found, libraries, plan, progress.timings, included, stacks=stacks,
                   run_environment=run_environment, store_paths=store_paths, layout=layout,
                   points=[apprun.EntryPoint.of(e, layout) for e in found], bundled=bundled,
-                  cpu_need=cpu.of_specs(bundled))
+                  cpu_need=cpu.of_specs(bundled),
+                  store_view=storeview.decide(options.store_view, bundled, store_paths))
 
 
 def cpu_lines(need: cpu.Need) -> List[str]:
@@ -357,7 +367,8 @@ def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
         relocate.relocate(appdir, relocate.rpaths_for(libraries, layout), patchelf)
     with progress.stage("apprun"):
         apprun.install(appdir, found, result.points, libraries, policy,
-                       options.default_entry, result.run_environment.changes, result.cpu_need)
+                       options.default_entry, result.run_environment.changes, result.cpu_need,
+                       result.store_view)
         desktop.write(appdir, options.output, [e.name for e in found],
                       options.default_entry)
     with progress.stage("audit"):
@@ -371,7 +382,7 @@ def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
 def _manifest_of(result: Result, options: Options, appdir: Optional[str]) -> dict:
     return manifest.of_build(appdir, result.entries, result.points, result.bundled,
                              result.closure, options.command, result.run_environment,
-                             options.environment, result.cpu_need)
+                             options.environment, result.cpu_need, result.store_view)
 
 
 def describe(result: Result) -> str:

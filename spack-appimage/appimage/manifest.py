@@ -16,6 +16,8 @@ The manifest (``.appimage/manifest.json`` in the AppDir; printed by the runtime'
   the family's generic base with its specs and flags (as /proc/cpuinfo spells them), the
   most demanding target(s), the generic level and the union of flags; null when every
   bundled spec was built for the family's base (``x86_64``), which any CPU of it runs;
+* ``store_view``: its mode, whether AppRun shows the bundled prefixes at their store
+  paths, and which (:mod:`storeview`);
 * ``files`` and ``links``: every path in the image with size and sha256, or target;
 * ``tool``: the extension's version, and the commit of its clone with ``dirty`` when
   its files differ from it (:mod:`version`; both null when not a git clone);
@@ -174,6 +176,7 @@ def build(
     run_environment: List[dict] = (),
     environment: Optional[str] = None,
     cpu: Optional[dict] = None,
+    store_view: Optional[dict] = None,
 ) -> dict:
     """The manifest of the AppDir ``appdir`` as staged (call it last); with no
     ``appdir`` (a dry run), everything but the file records."""
@@ -197,6 +200,7 @@ def build(
         "host": {"glibc": glibc, "libraries": dict(sorted(host.items()))},
         "run_environment": list(run_environment),
         "cpu": cpu,
+        "store_view": store_view,
         "files": files,
         "links": links,
     }
@@ -270,11 +274,13 @@ def _property_value(value) -> str:
 
 
 def of_build(appdir: Optional[str], found, points, bundled, libraries, command: List[str],
-             run_environment, environment: Optional[str] = None, cpu_need=None) -> dict:
+             run_environment, environment: Optional[str] = None, cpu_need=None,
+             store_view=None) -> dict:
     """The manifest of a build, from what its stages produced: the entries and their
     AppDir paths (``points``), the specs with files in the image (``bundled``), the
     closure's host requirements and glibc need, the run environment and the CPU the
-    bundled specs need (a :class:`.cpu.Need` or None); without file records when nothing
+    bundled specs need (a :class:`.cpu.Need` or None), the store view (a
+    :class:`.storeview.StoreView` or None); without file records when nothing
     was staged (``appdir`` None). ``environment``: its directory."""
     import spack.traverse
 
@@ -296,6 +302,7 @@ def of_build(appdir: Optional[str], found, points, bundled, libraries, command: 
         run_environment.as_records(),
         environment,
         cpu_need.record() if cpu_need else None,
+        store_view.record() if store_view else None,
     )
 
 

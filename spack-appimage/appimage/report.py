@@ -53,6 +53,7 @@ def collect(result, layout, always_there) -> dict:
         "run_environment": result.run_environment.as_records(),
         "store_paths": [{"owner": label, "paths": paths}
                         for label, paths in sorted(result.store_paths.items())],
+        "store_view": dict(result.store_view.record(), summary=result.store_view.summary()),
         "entries": trees,
         "included": [{"path": layout.dest(i.path), "reason": i.reason}
                      for i in result.included],
@@ -159,9 +160,12 @@ def text(report: dict) -> str:
         if report["cpu"]["hint"]:
             lines.append(f"  {'':30} {report['cpu']['hint']}")
     if report["store_paths"]:
-        lines.append("files that name the store (may fail on other machines):")
+        lines.append("files that name the store"
+                     + ("" if report["store_view"]["applies"] else
+                        " (may fail on other machines)") + ":")
         for leak in report["store_paths"]:
             lines += [f"  {leak['owner']}: {path}" for path in leak["paths"]]
+    lines.append(f"store view: {report['store_view']['summary']}")
     if report["excluded"] or report["skipped_links"]:
         lines.append("left out:")
     lines += _grouped_lines([(e["owner"], e["rule"], e["path"]) for e in report["excluded"]])

@@ -16,6 +16,7 @@ from . import runtime
 from .compat import get_mark_from_yaml_data
 from .errors import AppImageError
 from .squashfs import COMPRESSIONS
+from .storeview import MODES as STORE_VIEW_MODES
 
 #: key -> (type, what it holds), for every ``config:appimage`` key
 KEYS = {
@@ -23,6 +24,7 @@ KEYS = {
     "compression": (str, "squashfs compression: " + ", ".join(COMPRESSIONS)),
     "host_libs": (list, "list of library name patterns taken from the host"),
     "bundle_libs": (list, "list of library name patterns always bundled"),
+    "store_view": (str, "store view mode: " + ", ".join(STORE_VIEW_MODES)),
     "bundle_externals": (bool, "true to bundle the libraries of external specs"),
     "include": (list, "list of SPEC:GLOB files to bundle beyond the ELF closure"),
     "exclude": (list, "list of prefix-relative globs of data files to leave out"),
@@ -50,6 +52,9 @@ def get(key: str, flag_value: Any = None) -> Optional[Any]:
         return flag_value
     if key == "compression" and value is not None and value not in COMPRESSIONS:
         raise AppImageError(f"config:appimage:compression: unknown compression {value!r}", fix)
+    if key == "store_view" and value is not None and value not in STORE_VIEW_MODES:
+        raise AppImageError(f"config:appimage:store_view: unknown mode {value!r} (one of "
+                            f"{', '.join(STORE_VIEW_MODES)})", fix)
     if key == "runtime" and value is not None:
         return _configured_runtime(value, fix)
     return value

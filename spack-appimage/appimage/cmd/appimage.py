@@ -12,6 +12,7 @@ from spack.cmd.common import arguments
 from .. import entries, prerequisites, version
 from ..compat import require_supported_spack, tty
 from ..squashfs import COMPRESSIONS
+from ..storeview import MODES as STORE_VIEW_MODES
 
 try:
     from .. import build, manifest, runtime, settings
@@ -106,6 +107,12 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
         subparser.add_argument(flag, action="append", metavar=metavar,
                                help=f"{text} (repeatable)")
     subparser.add_argument(
+        "--store-view", choices=STORE_VIEW_MODES,
+        help="show the bundled prefixes at their store paths when the image runs (a user "
+        "namespace), for programs that compiled them in: auto (default: when a file of "
+        "the image names the store), always or never (default: config:appimage:store_view)",
+    )
+    subparser.add_argument(
         "--bundle-externals", action="store_true", default=None,
         help="bundle the libraries of external specs instead of taking them from the host",
     )
@@ -173,6 +180,7 @@ def appimage(parser, args):
         host_libs=settings.get("host_libs", args.host_lib),
         bundle_libs=settings.get("bundle_libs", args.bundle_lib),
         bundle_externals=bool(settings.get("bundle_externals", args.bundle_externals)),
+        store_view=settings.get("store_view", args.store_view) or "auto",
         sbom=args.sbom,
         json=args.json,
         command=manifest.command_line(_actions(), args, env.path, output),
