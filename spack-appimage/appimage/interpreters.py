@@ -30,7 +30,12 @@ What is never bundled (:func:`never_needed`), decided per language:
 * ``--keep GLOB`` brings any of it back.
 
 A new language is one more :data:`LANGUAGES` row: its package, its library trees and an
-extension's module trees, as prefix-relative globs (``{version}`` is ``MAJOR.MINOR``).
+extension's module trees, as prefix-relative globs (``{version}`` is the interpreter's
+version cut to ``version_parts`` components). Each row is the layout of a real Spack
+build of that interpreter, checked by the tests: CPython (``lib/python3.11``) and Perl
+(``lib/5.36.0``, ``lib/site_perl/5.36.0``; its extensions' ``lib/perl5``, which Spack's
+Perl compiles into ``@INC`` as ``APPLLIB_EXP``). R, Lua, Ruby and Tcl get a row once a
+test builds them; until then their trees come along only by ``--include``.
 """
 
 import difflib
@@ -53,17 +58,16 @@ class Language:
     modules: Tuple[str, ...]
     #: shared objects in those trees, loaded with dlopen by the interpreter
     shared_objects: Tuple[str, ...] = ("**/*.so",)
+    #: how many components of the version ``{version}`` stands for
+    version_parts: int = 2
 
 
 LANGUAGES: Dict[str, Language] = {
     language.package: language
     for language in (
         Language("python", ("lib/python{version}",), ("lib/python{version}/site-packages",)),
-        Language("perl", ("lib/perl5",), ("lib/perl5",)),
-        Language("ruby", ("lib/ruby",), ("lib/ruby",)),
-        Language("lua", ("lib/lua", "share/lua"), ("lib/lua", "share/lua")),
-        Language("tcl", ("lib/tcl{version}",), ("lib/tcl{version}",)),
-        Language("r", ("rlib/R",), ("rlib/R/library",)),
+        Language("perl", ("lib/{version}", "lib/site_perl/{version}"), ("lib/perl5",),
+                 version_parts=3),
     )
 }
 
@@ -73,7 +77,7 @@ def language_of(spec) -> "Language | None":
 
 
 def _format(patterns: Sequence[str], interpreter) -> Tuple[str, ...]:
-    version = str(interpreter.version.up_to(2))
+    version = str(interpreter.version.up_to(LANGUAGES[interpreter.name].version_parts))
     return tuple(p.format(version=version) for p in patterns)
 
 
@@ -97,13 +101,17 @@ def extension_trees(extension, interpreter) -> Tuple[str, ...]:
 
 
 def check_library(spec) -> None:
-    """An interpreter whose (first) library tree is missing or unreadable cannot start
-    from the image (nor anywhere): say so before anything is staged."""
+    """An interpreter whose (first) library tree is missing or unreadable would not start
+    from the image: say so before anything is staged. A missing tree is a layout this
+    extension does not know (another version's, another recipe's), not a broken install."""
     tree = os.path.join(spec.prefix, _format(language_of(spec).library, spec)[0])
     if not os.path.isdir(tree):
         raise AppImageError(
-            f"{label(spec)} has no library tree {tree}",
-            f"reinstall it: spack install --overwrite /{spec.dag_hash(7)}",
+            f"{label(spec)} has no library tree {os.path.relpath(tree, spec.prefix)} in "
+            f"{spec.prefix}, where Spack's {spec.name} recipe puts it, and cannot start "
+            "without it",
+            "its layout is not one spack-appimage knows (README, 'Interpreters'): leave "
+            f"{spec.name} out of the entries",
         )
     if not os.access(tree, os.R_OK | os.X_OK):
         raise AppImageError(
@@ -232,4 +240,4 @@ def check(stacks: Dict, included: Iterable) -> None:
 
 
 def _program(interpreter) -> str:
-    return {"python": "python3", "r": "Rscript"}.get(interpreter.name, interpreter.name)
+    return {"python": "python3"}.get(interpreter.name, interpreter.name)
