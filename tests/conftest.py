@@ -351,6 +351,8 @@ DEBIAN_EXTERNALS = {
     "gettext": "0.21", "libffi": "3.4.4", "pkgconf": "1.8.1", "perl": "5.36.0",
     "autoconf": "2.71", "automake": "1.16.5", "libtool": "2.4.7", "m4": "1.4.19",
     "findutils": "4.9.0", "diffutils": "3.8",
+    # what Spack's Perl links (libgdbm-dev, libdb-dev, libbz2-dev)
+    "gdbm": "1.23", "berkeley-db": "5.3.28", "bzip2": "1.0.8",
 }
 
 #: Versions the offline sources exist for (tests/offline/fetch-sources), and Open MPI as
@@ -373,8 +375,10 @@ OFFLINE_PY_VERSIONS = (
 
 #: The offline environments: real CPython with py-* packages (a pure-Python one, one
 #: with a C module, one with a console script), built from Debian's and PyPI's files;
-#: an MPI program with a Spack-built Open MPI (about 8 more minutes).
+#: an MPI program with a Spack-built Open MPI (about 8 more minutes); Spack's Perl
+#: (about 5 minutes), whose @INC is compiled in as store paths.
 OFFLINE_ENVS = {
+    "perl": ["perl@5.36.0 ~cpanm"],
     "mpi": [
         "ai-mpi ^openmpi@4.1.4 +internal-hwloc +internal-libevent +internal-pmix ~rsh "
         "fabrics=none schedulers=none",
@@ -387,6 +391,11 @@ OFFLINE_ENVS = {
         f"py-wheel@{OFFLINE_PY_VERSIONS['py-wheel']}",
     ],
 }
+
+
+#: An environment's own packages settings: the Perl environment builds Perl, which the
+#: others take from Debian ("::" replaces the site's external).
+OFFLINE_ENV_PACKAGES = {"perl": "  packages:\n    perl::\n      buildable: true\n"}
 
 
 @pytest.fixture(scope="session")
@@ -424,7 +433,8 @@ def _offline_env(site, name: str) -> str:
     # The overlay comes first (an environment's repos precede the site's builtin).
     with open(os.path.join(path, "spack.yaml"), "w") as f:
         f.write(f"spack:\n  specs: {OFFLINE_ENVS[name]}\n  view: false\n"
-                + repos_config("appimage_offline", "appimage_test", indent="  "))
+                + repos_config("appimage_offline", "appimage_test", indent="  ")
+                + OFFLINE_ENV_PACKAGES.get(name, ""))
     site.install(path, "--fail-fast", f"-j{os.cpu_count()}")
     return path
 
@@ -433,6 +443,12 @@ def _offline_env(site, name: str) -> str:
 def offline_py(offline_site):
     """The offline CPython environment, installed (about 6 minutes the first time)."""
     return _offline_env(offline_site, "py")
+
+
+@pytest.fixture(scope="session")
+def offline_perl(offline_site):
+    """The offline Perl environment, installed (about 5 minutes the first time)."""
+    return _offline_env(offline_site, "perl")
 
 
 @pytest.fixture(scope="session")
@@ -800,6 +816,8 @@ class FuseNamespace:
     #: The new namespace starts with a copy of every mount, FUSE ones included: a copy
     #: would keep a server's connection alive after the server unmounted its own (it
     #: would then never see the end of its session), so the FUSE copies are detached.
+    #: Then its mounts are made shared (new peer groups, inside it only), as systemd makes
+    #: a node's: unmounts reach the namespaces made from it (the store view's, AppRun's).
     SCRIPT = """
         set -e
         findmnt -rn -o TARGET,FSTYPE | awk '$2 ~ /^fuse/ {print $1}' | while read -r m; do
@@ -808,6 +826,7 @@ class FuseNamespace:
         mount -t tmpfs -o mode=0755,size=64k tmpfs "$1"
         mknod -m 0666 "$1/fuse" c 10 229
         mount --bind "$1/fuse" /dev/fuse
+        mount --make-rshared /
         echo ready
         exec sleep infinity
     """
