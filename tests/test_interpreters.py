@@ -9,6 +9,7 @@ an empty tmpfs, so any path into the store fails, and with a TMPDIR of their own
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -160,12 +161,18 @@ def test_exclude_spec_leaves_an_extension_out(offline_site, offline_py):
     assert any(o.startswith("py-markupsafe-") for o in owners)
 
 
-def test_build_warns_about_files_that_name_the_store(offline_site, offline_py, tmp_path):
+def test_build_says_which_files_name_the_store(offline_site, offline_py, tmp_path):
+    """By default (--store-view auto) the image shows them at their store paths, and the
+    build says so; without the view it warns."""
     build = offline_site("appimage", "--entry", "python3", "-o", str(tmp_path / "p.app"),
                          env=offline_py)
-    assert "files of python-3.11.2-" in build.stderr + build.stdout
-    assert "name the store; programs reading them may fail on other machines" in (
-        build.stderr + build.stdout)
+    said = build.stderr + build.stdout
+    assert re.search(r"==> \d+ files of python-3\.11\.2-\w+ name the store: the image shows "
+                     "them at their store paths where the node allows user namespaces", said)
+    never = offline_site("appimage", "--entry", "python3", "-o", str(tmp_path / "n.app"),
+                         "--store-view", "never", env=offline_py)
+    assert re.search(r"==> Warning: \d+ files of python-3\.11\.2-\w+ name the store; programs "
+                     "reading them may fail on other machines", never.stderr + never.stdout)
 
 
 def test_an_extension_without_its_interpreter_is_an_error(offline_site, offline_py):

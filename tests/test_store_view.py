@@ -290,7 +290,7 @@ def test_perl_runs_core_modules_from_the_image_with_the_store_hidden(offline_sit
     assert expected.splitlines()[:2] == ["floor: 3", "dumper: {'a' => [1,2]}"]
     assert expected.splitlines()[2].startswith(f"POSIX from: {prefix}/lib/5.36.0/")
     with store_renamed_away(offline_site):
-        run = subprocess.run([image, "perl", script], capture_output=True, text=True)
+        run = subprocess.run([image, script], capture_output=True, text=True)
     assert (run.returncode, run.stdout, run.stderr) == (0, expected, "")
     assert wait_nothing_left(image)
 
@@ -306,7 +306,7 @@ def test_perl_does_not_read_another_store_at_its_path(offline_site, perl):
             with open(path, "w") as f:
                 f.write('die "another store\\n";\n')
         try:
-            run = subprocess.run([image, "perl", script], capture_output=True, text=True)
+            run = subprocess.run([image, script], capture_output=True, text=True)
         finally:
             shutil.rmtree(offline_site.store)
     assert (run.returncode, run.stdout, run.stderr) == (0, expected, "")
@@ -322,7 +322,7 @@ def test_perl_without_the_view_looks_for_its_modules_in_the_store(offline_site,
         offline_site("appimage", "--entry", "perl", "-o", image, "--store-view", "never",
                      env=offline_perl)
         with store_renamed_away(offline_site):
-            run = subprocess.run([image, "perl", script], capture_output=True, text=True)
+            run = subprocess.run([image, script], capture_output=True, text=True)
     assert run.returncode != 0
     assert "Can't locate POSIX.pm in @INC" in run.stderr and f"{prefix}/lib/5.36.0" in run.stderr
 
