@@ -91,7 +91,7 @@ def test_list_entries_shows_the_programs_of_each_root_spec(site):
         "ai-cxx": ["ai-cxx", "ai-hello*"],
         "ai-gpu": ["gpu-app"],
         "ai-hello": ["ai-hello*", "hello-twin"],
-        "ai-mpi": ["mpi-hello"],
+        "ai-mpi": ["mpi-copy", "mpi-hello"],
         "ai-origin": ["ai-origin"],
         "ai-plugin": ["plugin-host"],
         "ai-runpath": ["ai-runpath"],

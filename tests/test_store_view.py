@@ -20,7 +20,7 @@ CMA = ["--mca", "btl", "vader,self", "--mca", "btl_vader_single_copy_mechanism",
 
 
 class ViewStore:
-    """An environment of ai-datadir and ai-mpicopy installed in a store under a 0755
+    """An environment of ai-datadir and ai-mpi installed in a store under a 0755
     directory, with its images."""
 
     def __init__(self, site, directory):
@@ -29,7 +29,7 @@ class ViewStore:
         self.env = os.path.join(site.root, "envs", "store-view")
         os.makedirs(self.env)
         with open(os.path.join(self.env, "spack.yaml"), "w") as f:
-            f.write("spack:\n  specs: [ai-datadir, ai-mpicopy]\n  view: false\n"
+            f.write("spack:\n  specs: [ai-datadir, ai-mpi]\n  view: false\n"
                     f"  config:\n    install_tree:\n      root: {self.store}\n")
         site.install(self.env)
 
@@ -239,7 +239,7 @@ def test_ranks_in_the_view_copy_with_cma_under_mpirun(view, mpicopy, ordinary_us
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.splitlines() == [f"{ranks} ranks copied 4194304 bytes: ok"]
     apart = ordinary_user.run([*mpirun, "unshare", "-c",
-                               os.path.join(view.prefix("ai-mpicopy"), "bin", "mpi-copy")],
+                               os.path.join(view.prefix("ai-mpi"), "bin", "mpi-copy")],
                               timeout=300)
     assert apart.returncode != 0, apart.stdout  # Open MPI refuses CMA between namespaces
     assert ordinary_user.wait_nothing_left(image)

@@ -2,8 +2,9 @@ from spack.package import *
 
 
 class AiMpi(Package):
-    """An MPI program (rank, size, an allreduce), built with the MPI of the environment:
-    in the tests, Debian's OpenMPI registered as a non-buildable external."""
+    """MPI programs built with the MPI of the environment (in the tests, Debian's OpenMPI
+    registered as a non-buildable external): mpi-hello (rank, size, an allreduce) and
+    mpi-copy (4 MiB messages between ranks, which Open MPI copies with CMA on one node)."""
 
     homepage = "https://example.invalid/ai-mpi"
     has_code = False
@@ -13,5 +14,6 @@ class AiMpi(Package):
 
     def install(self, spec, prefix):
         mkdirp(prefix.bin)
-        Executable(spec["mpi"].mpicc)("-o", join_path(prefix.bin, "mpi-hello"),
-                                      join_path(self.package_dir, "mpi_hello.c"))
+        for program, source in (("mpi-hello", "mpi_hello.c"), ("mpi-copy", "mpi_copy.c")):
+            Executable(spec["mpi"].mpicc)("-o", join_path(prefix.bin, program),
+                                          join_path(self.package_dir, source))
