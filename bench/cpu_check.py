@@ -17,7 +17,6 @@ ratios are the run-to-run noise the others compare with.
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 
 import launch  # noqa: F401  (sets up Spack and the extension)
@@ -67,8 +66,7 @@ def measure(repeat, control):
             for config, commands in pairs.items():
                 for i in (n % 2, 1 - n % 2):
                     times[config][i].append(launch.wall([commands[i]], base, 1))
-        return {config: (statistics.median(without) * 1000, statistics.median(with_) * 1000,
-                         statistics.median(w / wo for w, wo in zip(with_, without)))
+        return {config: launch.paired_summary(without, with_)
                 for config, (without, with_) in times.items()}
 
 

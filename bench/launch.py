@@ -73,6 +73,14 @@ def wall(command, env, n):
     return elapsed
 
 
+def paired_summary(without, with_):
+    """(median ms without, median ms with, median of the pairs' ratios with/without) of
+    two lists of seconds measured in pairs: pairing keeps the ratio meaningful while the
+    machine's load drifts."""
+    return (statistics.median(without) * 1000, statistics.median(with_) * 1000,
+            statistics.median(w / wo for w, wo in zip(with_, without)))
+
+
 def measure(repeat):
     """{configuration: {simultaneous launches: median ms}}, all measured interleaved."""
     with scratch.directory("bench-launch-") as work:

@@ -25,7 +25,6 @@ Target (issue 21): within a few milliseconds of a start without the view.
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 
 import launch  # noqa: F401  (sets up Spack and the extension)
@@ -78,8 +77,7 @@ def measure(repeat, prefixes):
                 process.kill()
                 process.wait()
         results["64 at once"] = pairs(images, env, 64, max(repeat // 10, 5))
-        return {config: (statistics.median(without) * 1000, statistics.median(with_) * 1000,
-                         statistics.median(w / wo for w, wo in zip(with_, without)))
+        return {config: launch.paired_summary(without, with_)
                 for config, (without, with_) in results.items()}
 
 
