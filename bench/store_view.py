@@ -41,8 +41,9 @@ def image_with(work, name, store_lines):
         f.write("#include <unistd.h>\nint main(int c, char **v) { if (c > 1) pause(); "
                 "return 0; }\n")
     subprocess.run(["gcc", "-O2", "-o", os.path.join(appdir, "bin", "true"), src], check=True)
-    for _, _, directory in store_lines:
-        os.makedirs(os.path.join(appdir, directory, "share"))
+    for line in store_lines:
+        if line[0] == "store":
+            os.makedirs(os.path.join(appdir, line[2], "share"))
     apprun.write_table(appdir, [apprun.EntryPoint("true", "bin/true")], None, ["bin"],
                        store=store_lines)
     shutil.copy(apprun.build(), os.path.join(appdir, "AppRun"))
@@ -61,9 +62,10 @@ def pairs(commands, env, n, repeat):
 def measure(repeat, prefixes):
     with scratch.directory("bench-store-view-") as work:
         os.chmod(work, 0o755)
-        store = os.path.join(work, "store", "linux-x86_64")
-        lines = [("store", os.path.join(store, f"pkg{i}-1.0-{i:07d}"), f"opt/pkg{i}")
-                 for i in range(prefixes)]
+        root = os.path.join(work, "store")
+        lines = [("store-root", root)] + [
+            ("store", os.path.join(root, "linux-x86_64", f"pkg{i}-1.0-{i:07d}"), f"opt/pkg{i}")
+            for i in range(prefixes)]
         images = [image_with(work, "plain", []), image_with(work, "view", lines)]
         env = dict(os.environ, APPIMAGE_IDLE_MS="600000")  # one server each, kept
         for image in images:

@@ -106,6 +106,7 @@ def test_build_reports_and_records_the_view(view, datadir):
                                   env=view.env).stdout)
     shown = {p["prefix"] for p in report["store_view"]["prefixes"]}
     assert report["store_view"]["applies"] and report["store_view"]["mode"] == "auto"
+    assert report["store_view"]["root"] == view.store
     assert {prefix, leaf} <= shown and all(p.startswith(view.store) for p in shown)
     text = view.site("appimage", "--entry", "ai-datadir", "--dry-run", env=view.env).stdout
     assert f"store view: {len(shown)} bundled prefixes shown at their store paths " \
@@ -142,7 +143,8 @@ def test_never_and_its_run_time_override_read_as_relocated(view, datadir, ordina
     never, _ = view.build("datadir-never.app", "--entry", "ai-datadir", "--store-view", "never")
     manifest = json.loads(subprocess.run([never, "--appimage-manifest"], capture_output=True,
                                          text=True, check=True).stdout)
-    assert manifest["store_view"] == {"mode": "never", "applies": False, "prefixes": []}
+    assert manifest["store_view"] == {"mode": "never", "applies": False, "root": None,
+                                      "prefixes": []}
     missing = [f"missing: {prefix}/share/ai-datadir/basis.txt",
                f"missing: {leaf}/share/leaf/leaf.dat", "linked: leaf-1.0"]
     home = ordinary_user.home

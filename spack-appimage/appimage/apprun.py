@@ -53,7 +53,7 @@ def write_table(
     run_environment: Sequence[Tuple[str, str, str, str]] = (),
     loader_dirs: Sequence[str] = (),
     cpu: Sequence[Tuple[str, ...]] = (),
-    store: Sequence[Tuple[str, str, str]] = (),
+    store: Sequence[Tuple[str, ...]] = (),
 ) -> None:
     """The table AppRun reads (format in apprun/apprun.c). ``host_libs`` are (entry,
     library, why) for the checks AppRun makes before running an entry, which look in

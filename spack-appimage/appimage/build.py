@@ -309,7 +309,8 @@ def plan_image(found, nodes, layout: Layout, policy, options: Options,
                   run_environment=run_environment, store_paths=store_paths, layout=layout,
                   points=[apprun.EntryPoint.of(e, layout) for e in found], bundled=bundled,
                   cpu_need=cpu.of_specs(bundled),
-                  store_view=storeview.decide(options.store_view, bundled, store_paths))
+                  store_view=storeview.decide(options.store_view, bundled, store_paths,
+                                              store_root))
 
 
 def cpu_lines(need: cpu.Need) -> List[str]:

@@ -17,7 +17,7 @@ Modes (``--store-view``, ``config:appimage:store_view``):
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .layout import OPT, owner_label
 
@@ -29,6 +29,9 @@ class StoreView:
     mode: str
     #: (store prefix, AppDir-relative directory) per bundled spec; empty without the view
     mounts: Tuple[Tuple[str, str], ...] = field(default_factory=tuple)
+    #: the store's root: where the view may lay its read-only mirror on a node (AppRun
+    #: refuses directories outside it that programs write into); None without the view
+    root: Optional[str] = None
 
     @property
     def applies(self) -> bool:
@@ -45,21 +48,25 @@ class StoreView:
 
     def record(self) -> Dict:
         """The manifest's ``store_view``."""
-        return {"mode": self.mode, "applies": self.applies,
+        return {"mode": self.mode, "applies": self.applies, "root": self.root,
                 "prefixes": [{"prefix": p, "path": d} for p, d in self.mounts]}
 
-    def table_lines(self) -> List[Tuple[str, str, str]]:
-        """AppRun's ``store`` lines."""
-        return [("store", prefix, directory) for prefix, directory in self.mounts]
+    def table_lines(self) -> List[Tuple[str, ...]]:
+        """AppRun's ``store-root`` and ``store`` lines."""
+        if not self.applies:
+            return []
+        return [("store-root", self.root)] + [
+            ("store", prefix, directory) for prefix, directory in self.mounts]
 
 
-def decide(mode: str, bundled: Sequence, store_paths: Dict[str, List[str]]) -> StoreView:
-    """The view of an image whose ``bundled`` specs (those with files in it) leave
-    ``store_paths`` (:func:`leaks.find`) naming the store. Externals are not shown:
-    their prefixes are the host's own directories."""
-    wanted = mode == "always" or (mode == "auto" and bool(store_paths))
-    if not wanted:
-        return StoreView(mode)
+def decide(mode: str, bundled: Sequence, store_paths: Dict[str, List[str]],
+           store_root: str) -> StoreView:
+    """The view of an image whose ``bundled`` specs (those with files in it), installed in
+    ``store_root``, leave ``store_paths`` (:func:`leaks.find`) naming the store.
+    Externals are not shown: their prefixes are the host's own directories."""
     specs = sorted((s for s in bundled if not s.external), key=lambda s: str(s.prefix))
+    wanted = mode == "always" or (mode == "auto" and bool(store_paths))
+    if not wanted or not specs:
+        return StoreView(mode)
     return StoreView(mode, tuple((str(s.prefix), os.path.join(OPT, owner_label(s)))
-                                 for s in specs))
+                                 for s in specs), os.path.normpath(store_root))

@@ -10,9 +10,15 @@
  * then that tmpfs is made read-only, so a program that creates a file right in that
  * ancestor gets EROFS instead of writing into memory that vanishes with the namespace.
  * Everything else of the host stays as it is: home, scratch, /tmp, /proc, /dev, the
- * host's MPI and GPU driver. An ancestor that is / itself (no directory of the prefix
- * exists on the node) is refused: the view would need a new root (pivot_root), which
- * this does not do.
+ * host's MPI and GPU driver.
+ *
+ * Refused (the image then runs as relocated): an ancestor that is / itself (no directory
+ * of the prefix exists on the node: the view would need a new root, pivot_root, which
+ * this does not do); and, outside the store's root, an ancestor that programs write into
+ * (owned by someone but root, writable by group or others like /tmp, the caller's home
+ * or working directory) or that autofs mounts on demand: made read-only and frozen as it
+ * was, it would break them. Creating the store's root on the node makes that ancestor
+ * the root itself, where only Spack writes.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -25,6 +31,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include "store.h"
@@ -39,6 +46,10 @@ int store_fail(char *why, size_t cap, const char *format, ...) {
 }
 
 int store_table_add(struct store_table *table, char **f, int n) {
+    if (n >= 2 && !strcmp(f[0], "store-root")) {
+        table->root = f[1];
+        return 1;
+    }
     if (n < 3 || strcmp(f[0], "store")) return 0;
     struct store_mount *more = realloc(table->mounts, (table->n + 1) * sizeof *more);
     if (!more) return -1;
@@ -58,10 +69,36 @@ static void deepest_existing(const char *path, char *out, size_t cap) {
     }
 }
 
+/* Whether `a` and `b` name the same directory. */
+static int same_directory(const char *a, const char *b) {
+    struct stat x, y;
+    return a && b && !stat(a, &x) && !stat(b, &y) && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+}
+
+/* Why `dir`, outside the store's root, must not be frozen by a mirror (see the top), or
+   NULL when it may be. */
+static const char *written_into(const char *dir, const char *cwd) {
+    struct stat st;
+    struct statfs fs;
+    if (stat(dir, &st) || statfs(dir, &fs)) return "it cannot be read";
+    if (fs.f_type == 0x0187 /* AUTOFS_SUPER_MAGIC */) return "autofs mounts its entries on demand";
+    if (same_directory(dir, getenv("HOME"))) return "it is your home";
+    if (same_directory(dir, cwd)) return "it is the working directory";
+    if (st.st_uid != 0 || st.st_mode & 022) return "programs write into it";
+    return NULL;
+}
+
+/* Whether `dir` is the store's root or inside it. */
+static int in_store(const char *dir, const char *root) {
+    size_t n = root ? strlen(root) : 0;
+    return n && !strncmp(dir, root, n) && (dir[n] == '/' || dir[n] == '\0');
+}
+
 /* The directories from below `top` down to `path` (inclusive), made in the tmpfs. */
 static int make_path(const char *top, const char *path, char *why, size_t cap) {
     char partial[PATH_MAX];
     size_t start = strlen(top) + (strcmp(top, "/") ? 1 : 0);
+    if (start >= strlen(path)) return 0; /* path is top: nothing to make */
     for (const char *c = path + start;; c++) {
         if (*c != '/' && *c) continue;
         snprintf(partial, sizeof partial, "%.*s", (int)(c - path), path);
@@ -107,6 +144,7 @@ static int mirror(const char *dir, char *why, size_t cap) {
                                               : mknod(target, S_IFREG | 0644, 0);
             rc = made ? made : mount(source, target, NULL, MS_BIND | MS_REC, NULL);
         }
+        if (rc && errno == ENOENT) rc = 0; /* removed meanwhile: left out (an empty name) */
         if (rc) snprintf(why, cap, "cannot show %s in the view of %s: %s", e->d_name, dir,
                          strerror(errno));
     }
@@ -115,18 +153,38 @@ static int mirror(const char *dir, char *why, size_t cap) {
     return rc;
 }
 
+/* Each prefix's deepest existing ancestor (calloc'd, one per line; NULL without memory). */
+static char (*ancestors(const struct store_table *table))[PATH_MAX] {
+    char (*tops)[PATH_MAX] = calloc(table->n ? table->n : 1, sizeof *tops);
+    for (int i = 0; tops && i < table->n; i++)
+        deepest_existing(table->mounts[i].prefix, tops[i], sizeof tops[i]);
+    return tops;
+}
+
+int store_check(const struct store_table *table, const char *cwd, char *why, size_t cap) {
+    char (*tops)[PATH_MAX] = ancestors(table);
+    const char *unsafe;
+    int rc = tops ? 0 : store_fail(why, cap, "out of memory");
+    for (int i = 0; !rc && i < table->n; i++) {
+        const char *prefix = table->mounts[i].prefix, *root = table->root;
+        if (!strcmp(tops[i], "/"))
+            rc = store_fail(why, cap, "no directory of %s exists on this node", prefix);
+        else if (strcmp(tops[i], prefix) && !in_store(tops[i], root) &&
+                 (unsafe = written_into(tops[i], cwd)))
+            rc = store_fail(why, cap, "the store %s is not on this node, and showing it would "
+                            "make %s read-only (%s): create the store's directory (mkdir -p "
+                            "%s) to get the view", root ? root : prefix, tops[i], unsafe,
+                            root ? root : prefix);
+    }
+    free(tops);
+    return rc;
+}
+
 int store_mount_all(const struct store_table *table, const char *appdir, char *why,
                     size_t cap) {
-    char (*tops)[PATH_MAX] = calloc(table->n ? table->n : 1, sizeof *tops);
+    char (*tops)[PATH_MAX] = ancestors(table); /* before any mount changes the view */
     if (!tops) return store_fail(why, cap, "out of memory");
     int rc = 0;
-    /* Each prefix's deepest existing ancestor, found before any mount changes the view. */
-    for (int i = 0; !rc && i < table->n; i++) {
-        deepest_existing(table->mounts[i].prefix, tops[i], sizeof tops[i]);
-        if (!strcmp(tops[i], "/"))
-            rc = store_fail(why, cap, "no directory of %s exists on this node",
-                          table->mounts[i].prefix);
-    }
     /* Shallower ancestors first: a deeper one is reached through the mirror's bind. */
     for (size_t depth = 1; !rc && depth < PATH_MAX; depth++) {
         int any = 0;
@@ -135,8 +193,9 @@ int store_mount_all(const struct store_table *table, const char *appdir, char *w
             size_t len = strlen(top);
             any |= len >= depth;
             if (len != depth || !strcmp(top, table->mounts[i].prefix)) continue;
-            int first = 1; /* the first line with this ancestor mirrors it */
-            for (int j = 0; j < i; j++) first &= strcmp(tops[j], top) != 0;
+            int first = 1; /* the first line with this ancestor to mirror mirrors it */
+            for (int j = 0; j < i; j++)
+                first &= strcmp(tops[j], top) || !strcmp(tops[j], table->mounts[j].prefix);
             if (first) {
                 rc = mirror(top, why, cap);
                 for (int j = i; !rc && j < table->n; j++)

@@ -5,6 +5,7 @@
  *
  *     store <TAB> PREFIX <TAB> DIR       (a bundled spec's install prefix, as its files
  *                                         name it, and its AppDir-relative directory)
+ *     store-root <TAB> ROOT              (the store the prefixes were installed in)
  *
  * An image without store lines never gets a namespace (the build wrote none: its
  * --store-view is never, or auto and no file names the store).
@@ -23,15 +24,22 @@ struct store_mount {
 struct store_table {
     struct store_mount *mounts;
     int n;
+    const char *root; /* NULL in a table without it */
 };
 
 /* Takes a table line split at tabs (`n` fields in `f`, kept, not copied) when it is a
-   store line: 1; 0 for another kind; -1 out of memory. */
+   store or store-root line: 1; 0 for another kind; -1 out of memory. */
 int store_table_add(struct store_table *table, char **f, int n);
 
 /* Puts the reason in `why` (store.c and userns.c report so); returns -1. */
 int store_fail(char *why, size_t cap, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* store.c: whether this launch may run in the view (see store.c's top), checked by
+   every launch before it makes or joins a namespace (in one, root's directories show
+   as another owner's): 0, or -1 with the reason in `why`. `cwd` is the launch's
+   working directory (NULL if unknown). */
+int store_check(const struct store_table *table, const char *cwd, char *why, size_t cap);
 
 /* store.c: in a mount namespace of its own where the caller may mount (its user
    namespace's root, or real root), shows APPDIR/DIR at PREFIX for every line. A PREFIX

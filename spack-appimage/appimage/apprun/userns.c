@@ -15,7 +15,10 @@
  * directory of the image (the parent of $APPDIR, private to the user: privdir.c), next
  * to the runtime's own lock files:
  *
- *   ns        the holder's PID; the holder keeps an exclusive lock on it while it lives
+ *   ns        "PID WORLD APPDIR": the holder's PID, where it was made (the boot, PID
+ *             and mount namespaces and root directory of the launch that started it)
+ *             and the AppDir it shows (device and inode); the holder keeps an
+ *             exclusive lock on it while it lives
  *   ns.users  every process in the view holds a shared lock (inherited by its children,
  *             like the runtime's "users"); the holder waits for an exclusive one, then
  *             removes both files and leaves
@@ -23,9 +26,13 @@
  * A launcher takes an exclusive lock on the directory itself while it looks for a
  * holder or starts one, so two launchers never make two namespaces. It joins a holder
  * only if it can take its shared lock on ns.users without waiting (else that holder is
- * leaving) and the holder still holds ns (else it died). It opens the holder's
- * namespaces before that check, so a recycled PID is never joined. Joining is two setns
- * calls; the entry's exec then drops the capabilities the user namespace gave.
+ * leaving), the holder still holds ns (else it died) and shows the same AppDir (else
+ * its mount died and was made again: it is replaced). It opens the holder's namespaces
+ * and root before that check, so a recycled PID is never joined. A launch from another
+ * world sharing the directory (a container or chroot with the same /tmp, another boot
+ * or node through a shared $TMPDIR) gets a view of its own instead. Joining is two
+ * setns calls and a chroot to the holder's root (setns would leave a chroot); the
+ * entry's exec then drops the capabilities the user namespace gave.
  *
  * Without a runtime directory (an AppDir run directly, as after --appimage-extract) the
  * namespace is private to this launch: the holder leaves as soon as the launcher joined.
@@ -110,45 +117,38 @@ static int unshare_namespaces(char *why, size_t cap) {
     return 0;
 }
 
-/* Whether `mountpoint` is where a spack-appimage runtime mounts an image:
-   .../spack-appimage-<uid>[.<hex>]/<image>/mnt (runtime/privdir.c). */
-static int is_image_mount(const char *mountpoint) {
-    const char *end = mountpoint + strlen(mountpoint), *c = end;
-    int slashes = 0;
-    if (end - mountpoint < 4 || strcmp(end - 4, "/mnt")) return 0;
-    while (c > mountpoint && slashes < 3) slashes += *--c == '/';
-    return slashes == 3 && !strncmp(c, "/spack-appimage-", 16);
+/* Where this process runs, as "BOOT:PIDNS:MNTNS:ROOTDEV:ROOTINO" into `out`. */
+static void world_of(char *out, size_t cap) {
+    char boot[40] = "?";
+    struct stat pid_ns, mnt_ns, root;
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, boot, sizeof boot - 1);
+        boot[n > 0 ? n : 0] = '\0';
+        boot[strcspn(boot, "\n")] = '\0';
+        close(fd);
+    }
+    if (stat("/proc/self/ns/pid", &pid_ns)) pid_ns.st_ino = 0;
+    if (stat("/proc/self/ns/mnt", &mnt_ns)) mnt_ns.st_ino = 0;
+    if (stat("/", &root)) root.st_dev = root.st_ino = 0;
+    snprintf(out, cap, "%s:%lu:%lu:%lu:%lu", boot, (unsigned long)pid_ns.st_ino,
+             (unsigned long)mnt_ns.st_ino, (unsigned long)root.st_dev,
+             (unsigned long)root.st_ino);
 }
 
-/* The new namespace holds a copy of every mount, and a FUSE server's session ends only
-   when no namespace has a copy of its mount: a copy of another image's mount here would
-   keep that image's server running after it unmounts on the host, until this holder
-   leaves. Those copies are detached, never the image's own (the view's processes run
-   from it) nor any other FUSE mount (CVMFS, a user's sshfs), which the entry may read.
-   In a user namespace the copies are locked to it and cannot be detached: there the
-   host's unmount takes them away where the host's mounts propagate (shared, as systemd
-   makes them; this namespace's copies are its slaves). */
-static void detach_other_images(const char *appdir) {
-    FILE *table = fopen("/proc/self/mountinfo", "re");
-    char line[4 * PATH_MAX], point[PATH_MAX];
-    if (!table) return;
-    while (fgets(line, sizeof line, table)) {
-        char *fields = strstr(line, " - "), *escaped = NULL;
-        if (!fields || strncmp(fields + 3, "fuse", 4)) continue;
-        /* id parent major:minor root mountpoint ...: the fifth field, octal-escaped */
-        strtok(line, " ");
-        for (int i = 0; i < 4; i++) escaped = strtok(NULL, " ");
-        if (!escaped) continue;
-        size_t n = 0;
-        for (const char *c = escaped; *c && n < sizeof point - 1; c++) {
-            unsigned octal;
-            if (c[0] == '\\' && sscanf(c + 1, "%3o", &octal) == 1) point[n++] = (char)octal, c += 3;
-            else point[n++] = *c;
-        }
-        point[n] = '\0';
-        if (is_image_mount(point) && strcmp(point, appdir)) (void)umount2(point, MNT_DETACH);
-    }
-    fclose(table);
+/* The AppDir's identity, "DEV:INO", into `out`. */
+static void appdir_id(const char *appdir, char *out, size_t cap) {
+    struct stat st;
+    if (stat(appdir, &st)) st.st_dev = st.st_ino = 0;
+    snprintf(out, cap, "%lu:%lu", (unsigned long)st.st_dev, (unsigned long)st.st_ino);
+}
+
+/* `fd`, moved to 3 or above: a lock the entry inherits must not become its stdin. */
+static int above_stdio(int fd) {
+    if (fd < 0 || fd > 2) return fd;
+    int moved = fcntl(fd, F_DUPFD, 3);
+    close(fd);
+    return moved;
 }
 
 /* The holder: makes the namespace and the view, reports "ok" or the reason on `report`,
@@ -156,26 +156,32 @@ static void detach_other_images(const char *appdir) {
    else (private) waits for the launcher to close `done`. Never returns. */
 static void hold(const struct store_table *table, const char *appdir, int dir, int report,
                  int done) {
-    char why[PATH_MAX + 128] = "ok";
+    char why[PATH_MAX + 128] = "ok", world[160], shown[48], record[256];
     int ns = -1, users = -1, keep[] = {dir, report, done};
     close_others(keep, 3);
+    /* Not the caller's terminal or pipes: `$(app)` must not wait for the holder. */
+    int null = open("/dev/null", O_RDWR);
+    for (int fd = 0; null >= 0 && fd < 3; fd++) dup2(null, fd);
+    if (null > 2) close(null);
     if (dir >= 0) { /* a lock of its own on the directory, not the launcher's */
         int own = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         close(dir);
         dir = own;
     }
-    if (!unshare_namespaces(why, sizeof why) && !store_mount_all(table, appdir, why, sizeof why))
-        detach_other_images(appdir);
+    world_of(world, sizeof world); /* before unshare: the launch's own */
+    appdir_id(appdir, shown, sizeof shown);
+    if (!unshare_namespaces(why, sizeof why))
+        (void)store_mount_all(table, appdir, why, sizeof why);
     if (!strcmp(why, "ok") && dir >= 0) {
-        char pid[32];
-        snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+        snprintf(record, sizeof record, "%d %s %s\n", (int)getpid(), world, shown);
         (void)unlinkat(dir, "ns", 0);
         (void)unlinkat(dir, "ns.users", 0);
         ns = openat(dir, "ns", O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        users = openat(dir, "ns.users", O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+        /* read-write: an exclusive lock on NFS (fcntl locks underneath) needs it */
+        users = openat(dir, "ns.users", O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                        0600);
         if (ns < 0 || users < 0 || flock(ns, LOCK_EX) ||
-            write(ns, pid, strlen(pid)) != (ssize_t)strlen(pid))
+            write(ns, record, strlen(record)) != (ssize_t)strlen(record))
             snprintf(why, sizeof why, "cannot publish the view's namespace: %s", strerror(errno));
     }
     ssize_t n = write(report, why, strlen(why) + 1);
@@ -201,56 +207,92 @@ static void hold(const struct store_table *table, const char *appdir, int dir, i
     _exit(0);
 }
 
-/* Opens the namespaces of process `pid`: the user namespace (unless this is root) and
-   the mount namespace. */
-static int open_namespaces(long pid, int *user, int *mnt) {
+/* A holder's namespaces and root directory, opened. */
+struct view {
+    int user, mnt, root;
+};
+
+/* Opens the namespaces of process `pid` (its user namespace unless this is root) and
+   its root directory. 0, or -1 with nothing left open. */
+static int open_view(long pid, struct view *v) {
     char path[64];
-    *user = -1;
+    *v = (struct view){-1, -1, -1};
     snprintf(path, sizeof path, "/proc/%ld/ns/user", pid);
-    if (geteuid() != 0 && (*user = open(path, O_RDONLY | O_CLOEXEC)) < 0) return -1;
+    if (geteuid() != 0 && (v->user = open(path, O_RDONLY | O_CLOEXEC)) < 0) return -1;
     snprintf(path, sizeof path, "/proc/%ld/ns/mnt", pid);
-    if ((*mnt = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-        if (*user >= 0) close(*user);
-        return -1;
-    }
-    return 0;
+    v->mnt = open(path, O_RDONLY | O_CLOEXEC);
+    snprintf(path, sizeof path, "/proc/%ld/root", pid);
+    v->root = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (v->mnt >= 0 && v->root >= 0) return 0;
+    if (v->user >= 0) close(v->user);
+    if (v->mnt >= 0) close(v->mnt);
+    if (v->root >= 0) close(v->root);
+    return -1;
 }
 
-static int join(int user, int mnt, char *why, size_t cap) {
+static void close_view(struct view *v) {
+    if (v->user >= 0) close(v->user);
+    close(v->mnt);
+    close(v->root);
+}
+
+/* Whether the namespace `fd` is this process's own of that `kind`. */
+static int is_own(int fd, const char *kind) {
+    char path[32];
+    struct stat theirs, ours;
+    snprintf(path, sizeof path, "/proc/self/ns/%s", kind);
+    return !fstat(fd, &theirs) && !stat(path, &ours) && theirs.st_ino == ours.st_ino &&
+           theirs.st_dev == ours.st_dev;
+}
+
+/* Enters the view `v` (closing it): its namespaces (those this process is not already
+   in: a launch from inside the view) and its root. */
+static int enter(struct view *v, char *why, size_t cap) {
     int rc = 0;
-    if (user >= 0 && setns(user, CLONE_NEWUSER))
+    if (v->user >= 0 && !is_own(v->user, "user") && setns(v->user, CLONE_NEWUSER))
         rc = store_fail(why, cap, "cannot join the view's user namespace: %s", strerror(errno));
-    else if (setns(mnt, CLONE_NEWNS))
+    else if (!is_own(v->mnt, "mnt") && setns(v->mnt, CLONE_NEWNS))
         rc = store_fail(why, cap, "cannot join the view's mount namespace: %s", strerror(errno));
-    if (user >= 0) close(user);
-    close(mnt);
+    else if (fchdir(v->root) || chroot("."))
+        rc = store_fail(why, cap, "cannot enter the view's root: %s", strerror(errno));
+    close_view(v);
     return rc;
 }
 
-/* The live holder of `dir`, joined: 1; 0 when there is none (or it is leaving); -1 with
-   why when joining failed. On 1, `users` is the shared lock this process keeps. */
-static int join_holder(int dir, int *users, char *why, size_t cap) {
-    char text[32] = "";
-    int user = -1, mnt = -1, alive = 0;
+/* What join_holder found. */
+enum { JOINED, NO_HOLDER, OTHER_WORLD, JOIN_FAILED };
+
+/* The live holder of `dir` for this world and AppDir, joined (JOINED, with `users` the
+   shared lock this process keeps); none, or one leaving, dead or showing a dead mount
+   (NO_HOLDER); one made in another world (OTHER_WORLD); or JOIN_FAILED with why. */
+static int join_holder(int dir, const char *appdir, int *users, char *why, size_t cap) {
+    char text[256] = "", world[160], theirs[160] = "", shown[48], their_dir[48] = "";
+    long pid = 0;
+    struct view v;
+    int alive = 0, found = NO_HOLDER;
     int ns = openat(dir, "ns", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    *users = openat(dir, "ns.users", O_RDONLY | O_NOFOLLOW);
-    if (ns >= 0 && *users >= 0 && read(ns, text, sizeof text - 1) > 0 &&
-        !open_namespaces(strtol(text, NULL, 10), &user, &mnt)) {
-        alive = !flock(*users, LOCK_SH | LOCK_NB) && flock(ns, LOCK_SH | LOCK_NB) &&
-                errno == EWOULDBLOCK;
-        if (!alive && user >= 0) close(user);
-        if (!alive) close(mnt);
+    *users = above_stdio(openat(dir, "ns.users", O_RDONLY | O_NOFOLLOW));
+    if (ns >= 0 && read(ns, text, sizeof text - 1) > 0 &&
+        sscanf(text, "%ld %159s %47s", &pid, theirs, their_dir) == 3) {
+        world_of(world, sizeof world);
+        appdir_id(appdir, shown, sizeof shown);
+        if (strcmp(world, theirs)) {
+            found = OTHER_WORLD;
+        } else if (*users >= 0 && !strcmp(shown, their_dir) && !open_view(pid, &v)) {
+            alive = !flock(*users, LOCK_SH | LOCK_NB) && flock(ns, LOCK_SH | LOCK_NB) &&
+                    errno == EWOULDBLOCK;
+            if (!alive) close_view(&v);
+        }
     }
     if (ns >= 0) close(ns);
-    if (!alive) {
-        if (*users >= 0) close(*users);
-        return 0;
-    }
-    return join(user, mnt, why, cap) ? -1 : 1;
+    if (alive && enter(&v, why, cap)) found = JOIN_FAILED;
+    else if (alive) found = JOINED;
+    if (found != JOINED && *users >= 0) close(*users);
+    return found;
 }
 
-/* Starts a holder and joins it; `dir` is the runtime's directory, or -1 for a private
-   view. 0, or -1 with why. */
+/* Starts a holder and, for a private view (`dir` -1), joins it; a shared one
+   (`dir` the runtime's directory) is joined by join_holder. 0, or -1 with why. */
 static int start_holder(const struct store_table *table, const char *appdir, int dir,
                         char *why, size_t cap) {
     int report[2], done[2] = {-1, -1};
@@ -262,7 +304,8 @@ static int start_holder(const struct store_table *table, const char *appdir, int
         if (done[1] >= 0) close(done[1]);
         if (dir >= 0) { /* outlives this launch: its own session, not this process's child */
             setsid();
-            if (fork() > 0) _exit(0);
+            pid_t holder = fork();
+            if (holder != 0) _exit(holder < 0); /* the launcher reads the pipe's end */
         }
         signal(SIGPIPE, SIG_IGN);
         if (chdir("/")) _exit(1);
@@ -275,14 +318,14 @@ static int start_holder(const struct store_table *table, const char *appdir, int
     while (n < 0 && errno == EINTR) n = read(report[0], answer, sizeof answer - 1);
     close(report[0]);
     int rc = 0;
+    struct view v;
     if (child < 0) {
         rc = store_fail(why, cap, "fork: %s", strerror(errno));
     } else if (n <= 0 || strcmp(answer, "ok")) {
         rc = store_fail(why, cap, "%s", n > 0 ? answer : "the view's holder died");
     } else if (dir < 0) {
-        int user, mnt;
-        rc = open_namespaces(child, &user, &mnt) ? store_fail(why, cap, "cannot open the view's "
-                             "namespaces: %s", strerror(errno)) : join(user, mnt, why, cap);
+        rc = open_view(child, &v) ? store_fail(why, cap, "cannot open the view's namespaces: "
+                                              "%s", strerror(errno)) : enter(&v, why, cap);
     }
     if (done[1] >= 0) close(done[1]);
     if (child > 0) waitpid(child, NULL, 0);
@@ -305,6 +348,27 @@ static int runtime_dir(const char *appdir) {
     return dir;
 }
 
+/* Joins the image's shared view in the runtime's directory `dir`, starting its holder
+   if there is none: 0, or -1 with why. */
+static int join_shared(const struct store_table *table, const char *appdir, int dir,
+                       char *why, size_t cap) {
+    int users, found;
+    if (flock(dir, LOCK_EX)) return store_fail(why, cap, "cannot lock the image's directory: "
+                                               "%s", strerror(errno));
+    found = join_holder(dir, appdir, &users, why, cap);
+    if (found == NO_HOLDER && !start_holder(table, appdir, dir, why, cap)) {
+        found = join_holder(dir, appdir, &users, why, cap);
+        if (found != JOINED && found != JOIN_FAILED)
+            store_fail(why, cap, "the view's holder left at once");
+    } else if (found == NO_HOLDER) {
+        found = JOIN_FAILED; /* start_holder said why */
+    }
+    flock(dir, LOCK_UN);
+    if (found == OTHER_WORLD) /* the directory is another world's: a view of our own */
+        return start_holder(table, appdir, -1, why, cap);
+    return found == JOINED ? 0 : -1;
+}
+
 void store_view(const struct store_table *table, const char *appdir, const char *image) {
     const char *mode = getenv("APPIMAGE_STORE_VIEW");
     char cwd[PATH_MAX], why[PATH_MAX + 128] = "";
@@ -317,27 +381,19 @@ void store_view(const struct store_table *table, const char *appdir, const char 
     }
     int have_cwd = getcwd(cwd, sizeof cwd) != NULL;
     int here = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    int dir = runtime_dir(appdir), users = -1, rc = 1; /* users: kept, for the entry */
-    if (dir >= 0) {
-        flock(dir, LOCK_EX);
-        rc = join_holder(dir, &users, why, sizeof why);
-        if (rc == 0) {
-            if (!(rc = start_holder(table, appdir, dir, why, sizeof why)))
-                rc = join_holder(dir, &users, why, sizeof why) == 1 ? 0 : -1;
-            if (rc && !*why) snprintf(why, sizeof why, "the view's holder left at once");
-        } else if (rc == 1) {
-            rc = 0;
-        }
-        flock(dir, LOCK_UN);
+    /* by every launch, joiners too: whether it may run in the view from where it is */
+    int dir = -1, rc = store_check(table, have_cwd ? cwd : NULL, why, sizeof why);
+    if (!rc && (dir = runtime_dir(appdir)) >= 0) {
+        rc = join_shared(table, appdir, dir, why, sizeof why);
         close(dir);
-    } else {
+    } else if (!rc) {
         rc = start_holder(table, appdir, -1, why, sizeof why);
     }
     if (rc) {
         say("not showing the store paths (running as relocated): ", why);
     } else {
-        /* setns made / the cwd: back to where the launch was made, by its path as the
-           view shows it, else the directory itself (a name no longer reachable) */
+        /* setns and chroot made / the cwd: back to where the launch was made, by its path
+           as the view shows it, else the directory itself (a name no longer reachable) */
         if ((!have_cwd || chdir(cwd)) && (here < 0 || fchdir(here)))
             say("cannot return to the working directory ", have_cwd ? cwd : "");
         say("showing the bundled prefixes at their store paths", "");
