@@ -9,6 +9,7 @@ tests import the extension into this interpreter from the same Spack.
 
 import atexit
 import contextlib
+import fnmatch
 import getpass
 import os
 import pathlib
@@ -123,6 +124,10 @@ def repos_config(*namespaces: str, indent: str = "") -> str:
 #: The shared temporary directories, where the suite must leave nothing new.
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
+#: Entries there that the development machines' own agent tooling makes while a session
+#: runs (a shell tool's job and output files): never the suite's.
+NOT_THE_SUITES = ("bash_tool_*", "bash_jobs.*")
+
 
 def _is_runtime_dir(path: str) -> bool:
     """Whether ``path`` is one of the runtime's per-user directories
@@ -146,11 +151,13 @@ def _left_in_memory_and_tmp():
     their last user), but pytest's own ``pytest-of-<user>``: pytest keeps it by its
     retention policy (``tmp_path_retention_policy``, "all" by default: the base
     directories of the last ``tmp_path_retention_count`` sessions, for looking into
-    failures), and removes the older ones itself."""
+    failures), and removes the older ones itself; nor :data:`NOT_THE_SUITES`."""
     found = set()
     for directory in SHARED_TMP:
         for path in _listing(directory):
-            if os.path.basename(path) == f"pytest-of-{getpass.getuser()}":
+            name = os.path.basename(path)
+            if name == f"pytest-of-{getpass.getuser()}" or any(
+                    fnmatch.fnmatchcase(name, pattern) for pattern in NOT_THE_SUITES):
                 continue
             found.add(path)
             if _is_runtime_dir(path):
