@@ -2,7 +2,11 @@
 user and mount namespace (a mount namespace alone for root), for programs that compiled
 those paths in. Every run here has the store hidden (renamed away) or another store at
 the same path; the images are real Spack builds in a store of their own that every user
-can reach (the session's is closed to the ordinary user)."""
+can reach (the session's is closed to the ordinary user).
+
+What depends on Spack's version (the store's root and prefixes, the bundled specs, the
+report and manifest) is tested with every version; the tests marked ``one_spack`` check
+AppRun's namespaces and Perl's offline build, which do not change with it."""
 
 import contextlib
 import json
@@ -126,6 +130,7 @@ def test_compiled_in_paths_read_the_image_with_the_store_hidden(view, datadir, u
     assert user.wait_nothing_left(image)
 
 
+@pytest.mark.one_spack
 def test_another_store_at_the_same_path_is_not_read(view, datadir, user):
     image, _, prefix, leaf, expected = datadir
     planted = {os.path.join(prefix, "share", "ai-datadir", "basis.txt"): "another store\n",
@@ -136,6 +141,7 @@ def test_another_store_at_the_same_path_is_not_read(view, datadir, user):
     assert user.wait_nothing_left(image)
 
 
+@pytest.mark.one_spack
 def test_never_and_its_run_time_override_read_as_relocated(view, datadir, ordinary_user):
     """``--store-view never`` writes no view; ``APPIMAGE_STORE_VIEW=never`` turns an
     image's off for one run and says so: the compiled-in paths then name a hidden store."""
@@ -158,6 +164,7 @@ def test_never_and_its_run_time_override_read_as_relocated(view, datadir, ordina
     assert ordinary_user.wait_nothing_left(image)
 
 
+@pytest.mark.one_spack
 def test_refused_user_namespaces_run_as_relocated_and_say_why(view, datadir, ordinary_user):
     """In a user namespace whose limit of user namespaces is 0 (as on a node where they
     are disabled), the image runs as relocated and VERBOSE says why, in one line."""
@@ -198,6 +205,7 @@ def processes_in(namespace: str):
     return found
 
 
+@pytest.mark.one_spack
 def test_launches_of_one_image_share_one_namespace_until_the_last_leaves(view, datadir,
                                                                          ordinary_user):
     """A second launch while the first runs joins the first's namespace (one per image
@@ -229,6 +237,7 @@ def mpicopy(view):
     return image
 
 
+@pytest.mark.one_spack
 @pytest.mark.parametrize("ranks", ["2", "8"])
 def test_ranks_in_the_view_copy_with_cma_under_mpirun(view, mpicopy, ordinary_user, ranks):
     """The host's Open MPI runs the image's ranks with CMA single copy between them; the
@@ -247,6 +256,7 @@ def test_ranks_in_the_view_copy_with_cma_under_mpirun(view, mpicopy, ordinary_us
     assert ordinary_user.wait_nothing_left(image)
 
 
+@pytest.mark.one_spack
 def test_ranks_in_the_view_copy_with_cma_under_srun(view, mpicopy, slurm):
     image = mpicopy
     env = dict(slurm.env, OMPI_MCA_btl="vader,self",
