@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 from conftest import _gone, readable_tmp_dir, store_renamed_away, wait_nothing_left
@@ -24,16 +25,16 @@ CMA = ["--mca", "btl", "vader,self", "--mca", "btl_vader_single_copy_mechanism",
 
 
 class ViewStore:
-    """An environment of ai-datadir and ai-mpi installed in a store under a 0755
+    """An environment (``name``) of ``specs`` installed in a store under a 0755
     directory, with its images."""
 
-    def __init__(self, site, directory):
+    def __init__(self, site, directory, name="store-view", specs=("ai-datadir", "ai-mpi")):
         self.site, self.directory = site, str(directory)
         self.store = os.path.join(self.directory, "store")
-        self.env = os.path.join(site.root, "envs", "store-view")
+        self.env = os.path.join(site.root, "envs", name)
         os.makedirs(self.env)
         with open(os.path.join(self.env, "spack.yaml"), "w") as f:
-            f.write("spack:\n  specs: [ai-datadir, ai-mpi]\n  view: false\n"
+            f.write(f"spack:\n  specs: {list(specs)}\n  view: false\n"
                     f"  config:\n    install_tree:\n      root: {self.store}\n")
         site.install(self.env)
 
@@ -138,6 +139,42 @@ def test_another_store_at_the_same_path_is_not_read(view, datadir, user):
     with view.other_store(planted):
         run = user.run(["env", "-C", cwd_of(user), image])
     assert lines_of(run, cwd_of(user)) == expected
+    assert user.wait_nothing_left(image)
+
+
+@pytest.fixture(scope="module")
+def top_store(site):
+    """ai-datadir installed in a store directly under / (a directory made there for the
+    module), its image (kept elsewhere) and what its program reads from the store."""
+    directory = tempfile.mkdtemp(prefix="ai-store-", dir="/")
+    os.chmod(directory, 0o755)
+    try:
+        with readable_tmp_dir("top-store-images-") as images:
+            view = ViewStore(site, directory, "top-store", ["ai-datadir"])
+            image = os.path.join(images, "datadir.app")
+            site("appimage", "-o", image, "--entry", "ai-datadir", env=view.env)
+            with open(os.path.join(view.prefix("ai-datadir"), "share", "ai-datadir",
+                                   "basis.txt")) as f:
+                expected = [f"read: {f.read().strip()}", "read: leaf data", "linked: leaf-1.0"]
+            yield directory, image, expected
+    finally:
+        shutil.rmtree(directory)
+
+
+@pytest.mark.one_spack
+def test_a_store_directly_under_the_root_gets_a_new_root(top_store, user):
+    """No directory of the store exists on the node, not even its top one under /: the
+    view's root is a tmpfs mirroring / (pivot_root), with the rest of the node as it
+    is (the working directory, home, /tmp, /proc)."""
+    directory, image, expected = top_store
+    os.rename(directory, directory + ".away")
+    try:
+        run = user.run(["env", "-C", cwd_of(user), image, "pid"], env={"VERBOSE": "1"})
+    finally:
+        os.rename(directory + ".away", directory)
+    lines = lines_of(run, cwd_of(user))
+    assert lines[:3] == expected and lines[3].startswith("ns: ")
+    assert "showing the bundled prefixes at their store paths" in run.stderr
     assert user.wait_nothing_left(image)
 
 

@@ -12,9 +12,13 @@
  * Everything else of the host stays as it is: home, scratch, /tmp, /proc, /dev, the
  * host's MPI and GPU driver.
  *
- * Refused (the image then runs as relocated): an ancestor that is / itself (no directory
- * of the prefix exists on the node: the view would need a new root, pivot_root, which
- * this does not do); and, outside the store's root, an ancestor that programs write into
+ * Where no directory of a prefix exists on the node (a store directly under /), the
+ * ancestor is / itself, which cannot be covered: a tmpfs mirroring / is made in an empty
+ * directory the caller gives and becomes the namespace's root (pivot_root), as guix pack
+ * -RR's root; the old root is detached.
+ *
+ * Refused (the image then runs as relocated): outside the store's root, an ancestor that
+ * programs write into
  * (owned by someone but root, writable by group or others like /tmp, the caller's home
  * or working directory) or that autofs mounts on demand: made read-only and frozen as it
  * was, it would break them. Creating the store's root on the node makes that ancestor
@@ -32,6 +36,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "store.h"
@@ -108,20 +113,22 @@ static int make_path(const char *top, const char *path, char *why, size_t cap) {
     }
 }
 
-/* Lays a tmpfs over `dir` that shows its entries as before (see the top). */
-static int mirror(const char *dir, char *why, size_t cap) {
+/* Lays a tmpfs over `onto` that shows the entries of `dir` as they are (see the top):
+   `onto` is `dir` itself, or the empty directory where a new root is made. */
+static int mirror(const char *dir, const char *onto, char *why, size_t cap) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     struct stat st;
     DIR *listing = fd < 0 ? NULL : fdopendir(dup(fd));
     if (!listing || fstat(fd, &st)) {
         snprintf(why, cap, "cannot read %s: %s", dir, strerror(errno));
+        if (listing) closedir(listing);
         if (fd >= 0) close(fd);
         return -1;
     }
     char options[64];
     snprintf(options, sizeof options, "mode=%o,size=1m", st.st_mode & 07777);
-    if (mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV, options)) {
-        snprintf(why, cap, "cannot mount a tmpfs on %s: %s", dir, strerror(errno));
+    if (mount("tmpfs", onto, "tmpfs", MS_NOSUID | MS_NODEV, options)) {
+        snprintf(why, cap, "cannot mount a tmpfs on %s: %s", onto, strerror(errno));
         closedir(listing), close(fd);
         return -1;
     }
@@ -131,8 +138,8 @@ static int mirror(const char *dir, char *why, size_t cap) {
         char source[64 + NAME_MAX], target[PATH_MAX], link[PATH_MAX];
         struct stat entry;
         snprintf(source, sizeof source, "/proc/self/fd/%d/%s", fd, e->d_name);
-        if (snprintf(target, sizeof target, "%s/%s", strcmp(dir, "/") ? dir : "", e->d_name) >=
-                (int)sizeof target || fstatat(fd, e->d_name, &entry, AT_SYMLINK_NOFOLLOW))
+        if (snprintf(target, sizeof target, "%s/%s", onto, e->d_name) >= (int)sizeof target ||
+            fstatat(fd, e->d_name, &entry, AT_SYMLINK_NOFOLLOW))
             continue; /* gone meanwhile, or a name too long to show: left out */
         if (S_ISLNK(entry.st_mode)) {
             ssize_t len = readlinkat(fd, e->d_name, link, sizeof link - 1);
@@ -161,15 +168,41 @@ static char (*ancestors(const struct store_table *table))[PATH_MAX] {
     return tops;
 }
 
+int store_needs_root(const struct store_table *table) {
+    char (*tops)[PATH_MAX] = ancestors(table);
+    int needs = 0;
+    for (int i = 0; tops && i < table->n; i++) needs |= !strcmp(tops[i], "/");
+    free(tops);
+    return needs;
+}
+
+/* Makes the namespace's root a tmpfs at `base` (an empty directory) that mirrors / and
+   holds the directories of the prefixes with no directory on the node (`tops` "/"),
+   with pivot_root; the old root is detached. */
+static int new_root(const struct store_table *table, char (*tops)[PATH_MAX], const char *base,
+                    char *why, size_t cap) {
+    if (mirror("/", base, why, cap)) return -1;
+    for (int i = 0; i < table->n; i++) {
+        char path[PATH_MAX];
+        if (strcmp(tops[i], "/")) continue;
+        if (snprintf(path, sizeof path, "%s%s", base, table->mounts[i].prefix) >=
+                (int)sizeof path)
+            return store_fail(why, cap, "the path of %s is too long", table->mounts[i].prefix);
+        if (make_path(base, path, why, cap)) return -1;
+    }
+    if (chdir(base) || mkdir(".old-root", 0700) || syscall(SYS_pivot_root, ".", ".old-root") ||
+        chdir("/") || umount2("/.old-root", MNT_DETACH) || rmdir("/.old-root"))
+        return store_fail(why, cap, "cannot make the view's root: %s", strerror(errno));
+    return 0;
+}
+
 int store_check(const struct store_table *table, const char *cwd, char *why, size_t cap) {
     char (*tops)[PATH_MAX] = ancestors(table);
     const char *unsafe;
     int rc = tops ? 0 : store_fail(why, cap, "out of memory");
     for (int i = 0; !rc && i < table->n; i++) {
         const char *prefix = table->mounts[i].prefix, *root = table->root;
-        if (!strcmp(tops[i], "/"))
-            rc = store_fail(why, cap, "no directory of %s exists on this node", prefix);
-        else if (strcmp(tops[i], prefix) && !in_store(tops[i], root) &&
+        if (strcmp(tops[i], "/") && strcmp(tops[i], prefix) && !in_store(tops[i], root) &&
                  (unsafe = written_into(tops[i], cwd)))
             rc = store_fail(why, cap, "the store %s is not on this node, and showing it would "
                             "make %s read-only (%s): create the store's directory (mkdir -p "
@@ -180,11 +213,22 @@ int store_check(const struct store_table *table, const char *cwd, char *why, siz
     return rc;
 }
 
-int store_mount_all(const struct store_table *table, const char *appdir, char *why,
-                    size_t cap) {
+int store_mount_all(const struct store_table *table, const char *appdir, const char *base,
+                    char *why, size_t cap) {
     char (*tops)[PATH_MAX] = ancestors(table); /* before any mount changes the view */
     if (!tops) return store_fail(why, cap, "out of memory");
     int rc = 0;
+    if (store_needs_root(table)) { /* first: the other prefixes are then shown in it */
+        rc = base ? new_root(table, tops, base, why, cap)
+                  : store_fail(why, cap, "no directory of the store %s exists on this node",
+                               table->root ? table->root : table->mounts[0].prefix);
+        if (!rc && mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL))
+            rc = store_fail(why, cap, "cannot make the view's root read-only: %s",
+                            strerror(errno));
+        free(tops);
+        if (rc || !(tops = ancestors(table))) /* the new directories exist now */
+            return rc ? rc : store_fail(why, cap, "out of memory");
+    }
     /* Shallower ancestors first: a deeper one is reached through the mirror's bind. */
     for (size_t depth = 1; !rc && depth < PATH_MAX; depth++) {
         int any = 0;
@@ -197,7 +241,7 @@ int store_mount_all(const struct store_table *table, const char *appdir, char *w
             for (int j = 0; j < i; j++)
                 first &= strcmp(tops[j], top) || !strcmp(tops[j], table->mounts[j].prefix);
             if (first) {
-                rc = mirror(top, why, cap);
+                rc = mirror(top, top, why, cap);
                 for (int j = i; !rc && j < table->n; j++)
                     if (!strcmp(tops[j], top))
                         rc = make_path(top, table->mounts[j].prefix, why, cap);

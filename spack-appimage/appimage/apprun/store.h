@@ -41,14 +41,19 @@ int store_fail(char *why, size_t cap, const char *format, ...)
    working directory (NULL if unknown). */
 int store_check(const struct store_table *table, const char *cwd, char *why, size_t cap);
 
+/* store.c: whether a prefix has no directory on this node (a store directly under /),
+   so that the view needs a new root, made in an empty directory. */
+int store_needs_root(const struct store_table *table);
+
 /* store.c: in a mount namespace of its own where the caller may mount (its user
    namespace's root, or real root), shows APPDIR/DIR at PREFIX for every line. A PREFIX
    that exists is covered by a bind mount; one that does not gets its missing
    directories in a tmpfs laid over its deepest existing ancestor, which mirrors that
-   ancestor's entries with bind mounts and is then made read-only. 0, or -1 with the
-   reason in `why`. */
-int store_mount_all(const struct store_table *table, const char *appdir, char *why,
-                    size_t cap);
+   ancestor's entries with bind mounts and is then made read-only; where that ancestor
+   is /, the tmpfs is made at `base` (an empty directory, needed then) and becomes the
+   root. 0, or -1 with the reason in `why`. */
+int store_mount_all(const struct store_table *table, const char *appdir, const char *base,
+                    char *why, size_t cap);
 
 /* userns.c: puts this process into the image's store view before the entry runs: joins
    the namespace another process of the same image (same runtime directory) made on

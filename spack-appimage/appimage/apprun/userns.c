@@ -170,8 +170,37 @@ static void hold(const struct store_table *table, const char *appdir, int dir, i
     }
     world_of(world, sizeof world); /* before unshare: the launch's own */
     appdir_id(appdir, shown, sizeof shown);
+    /* An empty directory for a new root, when a prefix has no directory on the node: in
+       the runtime's directory of the image, else a temporary one; removed once used. */
+    char base[PATH_MAX] = "", *name = NULL;
+    int parent = -1;
+    if (store_needs_root(table)) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(base, sizeof base, "%s", appdir);
+        *strrchr(base, '/') = '\0';
+        if (dir >= 0) {
+            parent = dup(dir);
+            strcat(base, "/view");
+            (void)unlinkat(dir, "view", AT_REMOVEDIR); /* a killed holder's */
+            if (mkdirat(dir, "view", 0700)) base[0] = '\0';
+        } else {
+            snprintf(base, sizeof base, "%s/spack-appimage-view-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+            if (!mkdtemp(base)) base[0] = '\0';
+        }
+        if (*base) {
+            name = strrchr(base, '/');
+            *name = '\0';
+            if (parent < 0) parent = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            *name++ = '/';
+        }
+    }
     if (!unshare_namespaces(why, sizeof why))
-        (void)store_mount_all(table, appdir, why, sizeof why);
+        (void)store_mount_all(table, appdir, *base ? base : NULL, why, sizeof why);
+    if (name) {
+        (void)umount2(base, MNT_DETACH); /* a failed view's; not mounted once it is the root */
+        (void)unlinkat(parent, name, AT_REMOVEDIR);
+    }
+    if (parent >= 0) close(parent);
     if (!strcmp(why, "ok") && dir >= 0) {
         snprintf(record, sizeof record, "%d %s %s\n", (int)getpid(), world, shown);
         (void)unlinkat(dir, "ns", 0);

@@ -240,6 +240,7 @@ static void drop_image_dir(int base, const char *id, int dir) {
     (void)unlinkat(dir, "lock", 0);
     (void)unlinkat(dir, "ns", 0);
     (void)unlinkat(dir, "ns.users", 0);
+    (void)unlinkat(dir, "view", AT_REMOVEDIR);
     (void)unlinkat(base, id, AT_REMOVEDIR);
 }
 

@@ -103,12 +103,13 @@ void clear_dead_mount(const char *mnt) {
 }
 
 void remove_mount_dir(const char *dir) {
-    /* with AppRun's store-view files (apprun/userns.c), whose holder may still be leaving */
-    const char *names[] = {"mnt", "users", "lock", "ns", "ns.users"};
+    /* with AppRun's store-view files (apprun/userns.c), whose holder may still be leaving;
+       the directories first */
+    const char *names[] = {"mnt", "view", "users", "lock", "ns", "ns.users"};
     char path[PATH_MAX];
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         if (path_printf(path, sizeof path, "%s/%s", dir, names[i])) return;
-        if (i == 0) (void)rmdir(path); else (void)unlink(path); /* gone already: fine */
+        if (i < 2) (void)rmdir(path); else (void)unlink(path); /* gone already: fine */
     }
     (void)rmdir(dir); /* a launcher may have recreated a file in it: it stays */
 }
