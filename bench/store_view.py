@@ -1,10 +1,12 @@
 """Launch cost of the store view (apprun/store.h): the same image with and without store
 lines, side by side in one run. Run by hand (not a test), as root or as a user:
 
-    python3 bench/store_view.py [--repeat 200] [--prefixes 10]
+    python3 bench/store_view.py [--repeat 200] [--prefixes 10] [--user NAME]
 
 The image runs a gcc-built `true` through the project's AppRun and runtime (its FUSE
-mount joined, as users launch it). Its store lines name `--prefixes` prefixes in a store
+mount joined, as users launch it). Root's view is a mount namespace; `--user NAME`
+launches the images as that user (`setpriv`, on both sides), whose view is a user and
+mount namespace. Its store lines name `--prefixes` prefixes in a store
 that does not exist, so every launch that makes the view lays a tmpfs over the store's
 parent and makes the prefixes' directories in it, as on a node without the store.
 
@@ -55,11 +57,21 @@ def pairs(commands, env, n, repeat):
     times = ([], [])
     for i in range(repeat):
         for side in (i % 2, 1 - i % 2):
-            times[side].append(launch.wall([commands[side]], env, n))
+            times[side].append(launch.wall(commands[side], env, n))
     return times
 
 
-def measure(repeat, prefixes):
+def as_user(name):
+    """The command prefix that runs as user ``name`` (nothing for None)."""
+    if name is None:
+        return []
+    import pwd
+
+    entry = pwd.getpwnam(name)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+
+
+def measure(repeat, prefixes, user):
     with scratch.directory("bench-store-view-") as work:
         os.chmod(work, 0o755)
         root = os.path.join(work, "store")
@@ -67,18 +79,20 @@ def measure(repeat, prefixes):
             ("store", os.path.join(root, "linux-x86_64", f"pkg{i}-1.0-{i:07d}"), f"opt/pkg{i}")
             for i in range(prefixes)]
         images = [image_with(work, "plain", []), image_with(work, "view", lines)]
+        subprocess.run(["chmod", "-R", "a+rX", work], check=True)
         env = dict(os.environ, APPIMAGE_IDLE_MS="600000")  # one server each, kept
-        for image in images:
-            subprocess.run([image], env=env, check=True)
-        results = {"one launch, alone": pairs(images, env, 1, repeat)}
-        resident = [subprocess.Popen([image, "wait"], env=env) for image in images]
+        commands = [as_user(user) + [image] for image in images]
+        for command in commands:
+            subprocess.run(command, env=env, check=True)
+        results = {"one launch, alone": pairs(commands, env, 1, repeat)}
+        resident = [subprocess.Popen(command + ["wait"], env=env) for command in commands]
         try:
-            results["one launch, joining"] = pairs(images, env, 1, repeat)
+            results["one launch, joining"] = pairs(commands, env, 1, repeat)
         finally:
             for process in resident:
                 process.kill()
                 process.wait()
-        results["64 at once"] = pairs(images, env, 64, max(repeat // 10, 5))
+        results["64 at once"] = pairs(commands, env, 64, max(repeat // 10, 5))
         return {config: launch.paired_summary(without, with_)
                 for config, (without, with_) in results.items()}
 
@@ -87,10 +101,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--prefixes", type=int, default=10)
+    parser.add_argument("--user", help="launch the images as this user")
     args = parser.parse_args()
     print(f"{'configuration':22} {'no view ms':>11} {'view ms':>9} {'difference ms':>14} "
           f"{'ratio':>6}")
-    for config, (without, with_view, ratio) in measure(args.repeat, args.prefixes).items():
+    for config, (without, with_view, ratio) in measure(args.repeat, args.prefixes,
+                                                      args.user).items():
         print(f"{config:22} {without:>11.3f} {with_view:>9.3f} {with_view - without:>14.3f} "
               f"{ratio:>6.3f}")
 

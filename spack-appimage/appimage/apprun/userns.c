@@ -288,16 +288,16 @@ static int enter(struct view *v, char *why, size_t cap) {
     return rc;
 }
 
-/* What join_holder found. */
-enum { JOINED, NO_HOLDER, OTHER_WORLD, JOIN_FAILED };
+/* What find_holder found. */
+enum { JOINED, NO_HOLDER, OTHER_WORLD };
 
-/* The live holder of `dir` for this world and AppDir, joined (JOINED, with `users` the
-   shared lock this process keeps); none, or one leaving, dead or showing a dead mount
-   (NO_HOLDER); one made in another world (OTHER_WORLD); or JOIN_FAILED with why. */
-static int join_holder(int dir, const char *appdir, int *users, char *why, size_t cap) {
+/* The live holder of `dir` for this world and AppDir (JOINED: its view `v` is open, to
+   enter, and `users` is the shared lock this process keeps, which keeps it there); none,
+   or one leaving, dead or showing a dead mount (NO_HOLDER); or one made in another
+   world (OTHER_WORLD). */
+static int find_holder(int dir, const char *appdir, struct view *v, int *users) {
     char text[256] = "", world[160], theirs[160] = "", shown[48], their_dir[48] = "";
     long pid = 0;
-    struct view v;
     int alive = 0, found = NO_HOLDER;
     int ns = openat(dir, "ns", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     *users = above_stdio(openat(dir, "ns.users", O_RDONLY | O_NOFOLLOW));
@@ -307,21 +307,21 @@ static int join_holder(int dir, const char *appdir, int *users, char *why, size_
         appdir_id(appdir, shown, sizeof shown);
         if (strcmp(world, theirs)) {
             found = OTHER_WORLD;
-        } else if (*users >= 0 && !strcmp(shown, their_dir) && !open_view(pid, &v)) {
+        } else if (*users >= 0 && !strcmp(shown, their_dir) && !open_view(pid, v)) {
             alive = !flock(*users, LOCK_SH | LOCK_NB) && flock(ns, LOCK_SH | LOCK_NB) &&
                     errno == EWOULDBLOCK;
-            if (!alive) close_view(&v);
+            if (!alive) close_view(v);
         }
     }
     if (ns >= 0) close(ns);
-    if (alive && enter(&v, why, cap)) found = JOIN_FAILED;
-    else if (alive) found = JOINED;
+    if (alive) found = JOINED;
     if (found != JOINED && *users >= 0) close(*users);
     return found;
 }
 
 /* Starts a holder and, for a private view (`dir` -1), joins it; a shared one
-   (`dir` the runtime's directory) is joined by join_holder. 0, or -1 with why. */
+   (`dir` the runtime's directory) is found and joined by join_shared. 0, or -1 with
+   why. */
 static int start_holder(const struct store_table *table, const char *appdir, int dir,
                         char *why, size_t cap) {
     int report[2], done[2] = {-1, -1};
@@ -381,20 +381,23 @@ static int runtime_dir(const char *appdir) {
    if there is none: 0, or -1 with why. */
 static int join_shared(const struct store_table *table, const char *appdir, int dir,
                        char *why, size_t cap) {
+    struct view v;
     int users, found;
     if (flock(dir, LOCK_EX)) return store_fail(why, cap, "cannot lock the image's directory: "
                                                "%s", strerror(errno));
-    found = join_holder(dir, appdir, &users, why, cap);
+    found = find_holder(dir, appdir, &v, &users);
     if (found == NO_HOLDER && !start_holder(table, appdir, dir, why, cap)) {
-        found = join_holder(dir, appdir, &users, why, cap);
-        if (found != JOINED && found != JOIN_FAILED)
-            store_fail(why, cap, "the view's holder left at once");
-    } else if (found == NO_HOLDER) {
-        found = JOIN_FAILED; /* start_holder said why */
+        found = find_holder(dir, appdir, &v, &users);
+        if (found != JOINED) store_fail(why, cap, "the view's holder left at once");
     }
+    /* Entered without the directory's lock: holding ns.users, the holder stays. */
     flock(dir, LOCK_UN);
     if (found == OTHER_WORLD) /* the directory is another world's: a view of our own */
         return start_holder(table, appdir, -1, why, cap);
+    if (found == JOINED && enter(&v, why, cap)) {
+        close(users);
+        return -1;
+    }
     return found == JOINED ? 0 : -1;
 }
 
