@@ -265,14 +265,19 @@ def readable_tmp_dir(prefix: str):
 
 
 @contextlib.contextmanager
-def store_renamed_away(site):
-    """The session's store renamed away for the block: any path into it fails."""
-    away = site.store + ".away"
-    os.rename(site.store, away)
+def renamed_away(path: str):
+    """``path`` renamed away for the block: any path into it fails."""
+    away = path + ".away"
+    os.rename(path, away)
     try:
         yield
     finally:
-        os.rename(away, site.store)
+        os.rename(away, path)
+
+
+def store_renamed_away(site):
+    """The session's store renamed away for the block (:func:`renamed_away`)."""
+    return renamed_away(site.store)
 
 
 class Spack:

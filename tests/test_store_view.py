@@ -17,7 +17,8 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import _gone, readable_tmp_dir, store_renamed_away, wait_nothing_left
+from conftest import (_gone, readable_tmp_dir, renamed_away, store_renamed_away,
+                      wait_nothing_left)
 
 #: The Open MPI options that make ranks of one node copy large messages with CMA
 #: (process_vm_readv) and nothing else.
@@ -167,15 +168,36 @@ def test_a_store_directly_under_the_root_gets_a_new_root(top_store, user):
     view's root is a tmpfs mirroring / (pivot_root), with the rest of the node as it
     is (the working directory, home, /tmp, /proc)."""
     directory, image, expected = top_store
-    os.rename(directory, directory + ".away")
-    try:
+    with renamed_away(directory):
         run = user.run(["env", "-C", cwd_of(user), image, "pid"], env={"VERBOSE": "1"})
-    finally:
-        os.rename(directory + ".away", directory)
     lines = lines_of(run, cwd_of(user))
     assert lines[:3] == expected and lines[3].startswith("ns: ")
     assert "showing the bundled prefixes at their store paths" in run.stderr
     assert user.wait_nothing_left(image)
+
+
+@pytest.mark.one_spack
+def test_no_view_over_the_directory_a_user_works_in(view, datadir, ordinary_user):
+    """With the store gone, its parent is the directory the view would freeze read-only;
+    a user working in it (or whose home it is) would lose new files there: the image runs
+    as relocated and says how to get the view. Once the store's root exists, it has it."""
+    image, _, prefix, leaf, expected = datadir
+    with view.hidden():
+        refused = ordinary_user.run(["env", "-C", view.directory, image],
+                                    env={"VERBOSE": "1"})
+        os.mkdir(view.store, 0o755)
+        try:
+            shown = ordinary_user.run(["env", "-C", view.directory, image])
+        finally:
+            os.rmdir(view.store)
+    assert lines_of(refused, view.directory)[:2] == [
+        f"missing: {prefix}/share/ai-datadir/basis.txt", f"missing: {leaf}/share/leaf/leaf.dat"]
+    assert (f"not showing the store paths (running as relocated): the store {view.store} is "
+            f"not on this node, and showing it would make {view.directory} read-only (it is "
+            f"the working directory): create the store's directory (mkdir -p {view.store}) to "
+            "get the view") in refused.stderr
+    assert lines_of(shown, view.directory) == expected
+    assert ordinary_user.wait_nothing_left(image)
 
 
 @pytest.mark.one_spack

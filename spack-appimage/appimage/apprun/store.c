@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/magic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,7 +87,7 @@ static const char *written_into(const char *dir, const char *cwd) {
     struct stat st;
     struct statfs fs;
     if (stat(dir, &st) || statfs(dir, &fs)) return "it cannot be read";
-    if (fs.f_type == 0x0187 /* AUTOFS_SUPER_MAGIC */) return "autofs mounts its entries on demand";
+    if (fs.f_type == AUTOFS_SUPER_MAGIC) return "autofs mounts its entries on demand";
     if (same_directory(dir, getenv("HOME"))) return "it is your home";
     if (same_directory(dir, cwd)) return "it is the working directory";
     if (st.st_uid != 0 || st.st_mode & 022) return "programs write into it";
