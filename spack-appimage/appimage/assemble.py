@@ -152,6 +152,16 @@ def section(path: str, name: str) -> Optional[Tuple[int, int]]:
         return (found["sh_offset"], found["sh_size"]) if found else None
 
 
+def fill_section(path: str, where: Tuple[int, int], data: bytes) -> None:
+    """``data`` then zeros to the end of the section at ``where`` (offset, size) in
+    ``path``: how the runtime's C strings and the AppImage tools' sections are filled
+    in place. The caller has checked that ``data`` leaves room for a NUL."""
+    offset, size = where
+    with open(path, "rb+") as f:
+        f.seek(offset)
+        f.write(data + bytes(size - len(data)))
+
+
 #: The squashfs superblock's size, and where it holds bytes_used and inode_table_start
 #: (little-endian 64-bit; squashfuse's squashfs_fs.h, struct squashfs_super_block).
 SUPERBLOCK = 96
@@ -195,9 +205,7 @@ def stamp_image_id(image: str, runtime: str, id_section: str, unpacked_bytes: in
     where = section(runtime, id_section)
     if where is None:
         return
-    offset, size = where
-    with open(image, "rb+") as f:
+    with open(image, "rb") as f:
         sha256, metadata, whole = squashfs_sums(f, os.path.getsize(runtime))
-        text = f"{sha256[:32]} {unpacked_bytes} {metadata:08x} {whole:08x}".encode()
-        f.seek(offset)
-        f.write(text + b"\0" * (size - len(text)))
+    fill_section(image, where, f"{sha256[:32]} {unpacked_bytes} {metadata:08x} "
+                               f"{whole:08x}".encode())

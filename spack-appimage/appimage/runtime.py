@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple
 from elftools.elf.elffile import ELFFile
 
 from . import installed, prerequisites, toolchain, version
-from .assemble import check_runtime, section, stamp_magic
+from .assemble import check_runtime, fill_section, section, stamp_magic
 from .compat import tty
 from .errors import OutputError, ToolError
 
@@ -156,13 +156,12 @@ def carried_digest(path: str) -> Optional[str]:
 
 def _write_build(target: str, runtime_file: str, line: str) -> None:
     """``line`` into the build section of the runtime at the start of ``target``."""
-    offset, size = section(runtime_file, BUILD_SECTION)
+    where = section(runtime_file, BUILD_SECTION)
     data = line.encode()
-    if len(data) >= size:  # never: the section holds 256 bytes, the line about 90
-        raise ToolError(f"the runtime's build line is longer than {size - 1} bytes: {line}")
-    with open(target, "rb+") as f:
-        f.seek(offset)
-        f.write(data.ljust(size, b"\0"))
+    if len(data) >= where[1]:  # never: the section holds 256 bytes, the line about 90
+        raise ToolError(f"the runtime's build line is longer than {where[1] - 1} bytes: "
+                        f"{line}")
+    fill_section(target, where, data)
 
 
 def stamp_build(image: str, runtime_file: str) -> None:

@@ -81,8 +81,10 @@
 
 /* Sections that AppImage tools fill in place (sizes fixed by the format), and the
    image ID that `spack appimage` writes at assembly (assemble.stamp_image_id; open_image
-   reads it). */
-#define SECTION(name) __attribute__((section(name), used, aligned(1)))
+   reads it). no_reorder keeps them in the file in this order (GCC otherwise emits them
+   backwards): AppImageKit's validate skips .sha256_sig and .sig_key as one range and
+   checks nothing when .sig_key does not follow .sha256_sig (signing.py fills them). */
+#define SECTION(name) __attribute__((section(name), used, aligned(1), no_reorder))
 char digest_md5[16] SECTION(".digest_md5") = {0};
 char upd_info[1024] SECTION(".upd_info") = {0};
 char sha256_sig[1024] SECTION(".sha256_sig") = {0};
