@@ -20,6 +20,8 @@ The pipeline runs one stage per module, each taking and returning plain data:
     manifest  the provenance manifest inside the image, and the CycloneDX SBOM
     squashfs  mksquashfs of the AppDir
     assemble  runtime + squashfs, written atomically to the output path
+    signing   the AppImage signature sections filled with Spack's GnuPG (gnupg),
+              and --verify
 
 ``runtime`` and ``toolchain`` build the C programs (runtime, AppRun) and cache them;
 ``version`` says which copy of the extension runs (version, git commit, dirty);

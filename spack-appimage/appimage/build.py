@@ -12,11 +12,11 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from . import apprun, assemble, bytecode, closure, cpu, desktop, entries, extras, interpreters
-from . import leaks, manifest, relocate, report, runenv
-from . import runtime, scratch, squashfs, stage, storeview
+from . import gnupg, leaks, manifest, relocate, report, runenv
+from . import runtime, scratch, signing, squashfs, stage, storeview
 from .compat import tty
 from .errors import INTERRUPT_SIGNALS, EntryError, Interrupted, OutputError, Terminated
 from .errors import full_disk_names
@@ -53,6 +53,9 @@ class Options:
     environment: Optional[str] = None
     #: when AppRun shows the bundled prefixes at their store paths (:mod:`storeview`)
     store_view: str = "auto"
+    #: sign the image (:mod:`signing`): True with the one signing key, a string with the
+    #: key it names; None or False: unsigned
+    sign: Union[bool, str, None] = None
 
 
 @dataclass
@@ -95,6 +98,8 @@ STAGES = {
     "squashfs": "squashfs: {compression}",
     "assemble": "assemble: runtime + squashfs",
 }
+#: The last stage of a signed build.
+SIGN_STAGE = {"sign": "sign: with key {key}"}
 DRY_RUN_STAGES = {"closure": STAGES["closure"], "plan": STAGES["plan"],
                   "report": "dry run: nothing written"}
 
@@ -206,7 +211,9 @@ def _check_default(options: Options, found: List[entries.Entry]) -> None:
 def run(env, options: Options) -> Result:
     """The image (or, with ``dry_run``, its report) of ``options.entries`` of ``env``."""
     started = time.perf_counter()
-    with _Interrupts().installed() as interrupts:
+    signs = options.sign and not options.dry_run
+    with _Interrupts().installed() as interrupts, (
+            gnupg.agent_stopped_after() if signs else contextlib.nullcontext()):
         desktop.check_names(options.output, options.entries)  # before they are printed
         nodes = entries.link_run_nodes(env)
         found = entries.find_all(options.entries, nodes)
@@ -223,8 +230,9 @@ def run(env, options: Options) -> Result:
         policy = host_policy.for_environment(
             nodes, options.host_libs, options.bundle_libs, options.bundle_externals
         )
-        progress = Progress(DRY_RUN_STAGES if options.dry_run else STAGES, interrupts.check,
-                            quiet=options.json)
+        stages = DRY_RUN_STAGES if options.dry_run else dict(
+            STAGES, **(SIGN_STAGE if options.sign else {}))
+        progress = Progress(stages, interrupts.check, quiet=options.json)
         result = plan_image(found, nodes, Layout(nodes), policy, options, progress)
         result.started = started
         if not options.json:
@@ -249,7 +257,7 @@ def run(env, options: Options) -> Result:
                 data = report.collect(result, result.layout, policy.always_there)
                 print(report.as_json(data) if options.json else report.text(data))
             if options.sbom:
-                _write_sbom(options, _manifest_of(result, options, None))
+                _write_sbom(options, _manifest_of(result, options, None, None), None)
             return result
         write_image(result, policy, options, progress, tools)
         return result
@@ -262,12 +270,13 @@ class Tools:
     runtime: str
     mksquashfs: str
     patchelf: relocate.Patchelf
+    signer: Optional[signing.Signer] = None
 
 
 def _check_tools(options: Options, nodes) -> Tools:
-    """The output path, the runtime, AppRun, mksquashfs with its compression and
-    patchelf, checked (and compiled or bootstrapped, with a line saying so) before
-    anything is copied, so a build that cannot finish fails in seconds."""
+    """The output path, the runtime, AppRun, mksquashfs with its compression, patchelf
+    and the signing key, checked (and compiled or bootstrapped, with a line saying so)
+    before anything is copied, so a build that cannot finish fails in seconds."""
     assemble.check_output(options.output, options.force)
     runtime_file = options.runtime or runtime.build()
     assemble.check_runtime(runtime_file)
@@ -281,7 +290,11 @@ def _check_tools(options: Options, nodes) -> Tools:
             f"images (only {' and '.join(squashfs.OFFICIAL_RUNTIME_READS)}); make "
             f"sure {options.runtime} can"
         )
-    return Tools(runtime_file, mksquashfs, relocate.find_patchelf())
+    signer = None
+    if options.sign:
+        signer = signing.prepare(options.sign if isinstance(options.sign, str) else None,
+                                 runtime_file)
+    return Tools(runtime_file, mksquashfs, relocate.find_patchelf(), signer)
 
 
 def plan_image(found, nodes, layout: Layout, policy, options: Options,
@@ -336,7 +349,7 @@ def write_image(result: Result, policy, options: Options, progress: "Progress",
                              else scratch.ELSEWHERE)
                 with full_disk_names(os.path.dirname(appdir), elsewhere):
                     unpacked = _fill_appdir(result, policy, options, progress, appdir,
-                                        tools.patchelf)
+                                            tools)
                 with progress.stage("squashfs", draws=progress.terminal,
                                     compression=options.compression):
                     squashfs.make(tools.mksquashfs, appdir, partial,
@@ -348,13 +361,19 @@ def write_image(result: Result, policy, options: Options, progress: "Progress",
                     runtime.stamp_build(partial, tools.runtime)
                     assemble.stamp_image_id(partial, tools.runtime, runtime.ID_SECTION,
                                             unpacked)
+                image_digest = None
+                if options.sbom or tools.signer:
+                    image_digest = signing.digest(partial, signing.sections(partial))
+                if tools.signer:  # last: the signature covers every other byte
+                    with progress.stage("sign", key=tools.signer.fingerprint):
+                        signing.sign(partial, image_digest, tools.signer)
             if options.sbom:  # before the image takes its name: a failure leaves neither
-                _write_sbom(options, result.manifest)
+                _write_sbom(options, result.manifest, image_digest)
     result.output = output
 
 
 def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
-                 appdir: str, patchelf: relocate.Patchelf) -> int:
+                 appdir: str, tools: Tools) -> int:
     """The AppDir's files, relocated and audited, with AppRun, the desktop entry and
     the manifest; returns the unpacked size the manifest records."""
     import spack.store
@@ -365,7 +384,7 @@ def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
         bytecode.make_valid(appdir, bytecode.python_sources(
             result.plan.files, interpreters.python_executables(result.stacks)))
     with progress.stage("relocate"):
-        relocate.relocate(appdir, relocate.rpaths_for(libraries, layout), patchelf)
+        relocate.relocate(appdir, relocate.rpaths_for(libraries, layout), tools.patchelf)
     with progress.stage("apprun"):
         apprun.install(appdir, found, result.points, libraries, policy,
                        options.default_entry, result.run_environment.changes, result.cpu_need,
@@ -376,14 +395,16 @@ def _fill_appdir(result: Result, policy, options: Options, progress: "Progress",
         host = list(policy.patterns) + list(libraries.host_requirements())
         relocate.audit(appdir, host, [spack.store.STORE.root])
     with progress.stage("manifest"):
-        result.manifest = _manifest_of(result, options, appdir)
+        result.manifest = _manifest_of(result, options, appdir, tools.signer)
         return manifest.write(appdir, result.manifest)
 
 
-def _manifest_of(result: Result, options: Options, appdir: Optional[str]) -> dict:
+def _manifest_of(result: Result, options: Options, appdir: Optional[str],
+                 signer: Optional[signing.Signer]) -> dict:
     return manifest.of_build(appdir, result.entries, result.points, result.bundled,
                              result.closure, options.command, result.run_environment,
-                             options.environment, result.cpu_need, result.store_view)
+                             options.environment, result.cpu_need, result.store_view,
+                             signer)
 
 
 def describe(result: Result) -> str:
@@ -396,10 +417,10 @@ def describe(result: Result) -> str:
     )
 
 
-def _write_sbom(options: Options, image_manifest: dict) -> None:
+def _write_sbom(options: Options, image_manifest: dict, image_digest: Optional[str]) -> None:
     with full_disk_names(os.path.dirname(os.path.abspath(options.sbom)),
                          "write the SBOM elsewhere with --sbom"):
         path = manifest.write_sbom(options.sbom, options.force, image_manifest,
-                                   os.path.basename(options.output))
+                                   os.path.basename(options.output), image_digest)
     if not options.json:  # stdout holds the JSON report
         tty.msg(f"SBOM (CycloneDX 1.5): {path}")

@@ -18,6 +18,8 @@ The manifest (``.appimage/manifest.json`` in the AppDir; printed by the runtime'
   bundled spec was built for the family's base (``x86_64``), which any CPU of it runs;
 * ``store_view``: its mode, whether AppRun shows the bundled prefixes at their store
   paths, and which (:mod:`storeview`);
+* ``signature``: the key the image is signed with (fingerprint and user ID), or null
+  for an unsigned image (:mod:`signing`; the signature itself is outside the squashfs);
 * ``files`` and ``links``: every path in the image with size and sha256, or target;
 * ``tool``: the extension's version, and the commit of its clone with ``dirty`` when
   its files differ from it (:mod:`version`; both null when not a git clone);
@@ -177,6 +179,7 @@ def build(
     environment: Optional[str] = None,
     cpu: Optional[dict] = None,
     store_view: Optional[dict] = None,
+    signature: Optional[dict] = None,
 ) -> dict:
     """The manifest of the AppDir ``appdir`` as staged (call it last); with no
     ``appdir`` (a dry run), everything but the file records."""
@@ -201,6 +204,7 @@ def build(
         "run_environment": list(run_environment),
         "cpu": cpu,
         "store_view": store_view,
+        "signature": signature,
         "files": files,
         "links": links,
     }
@@ -218,11 +222,12 @@ def write(appdir: str, manifest: dict) -> int:
     return sum(record["size"] for record in manifest["files"]) + os.path.getsize(path)
 
 
-def cyclonedx(manifest: dict, name: str) -> dict:
+def cyclonedx(manifest: dict, name: str, image_digest: Optional[str]) -> dict:
     """A CycloneDX 1.5 SBOM of the image ``name`` described by ``manifest``: one
     component per spec (a Package URL of type ``spack``), its dependencies, and the
-    externals the host provides with scope ``excluded``. The serial number is derived
-    from the manifest, so the same image gets the same SBOM."""
+    externals the host provides with scope ``excluded``; the image's digest (the one
+    :mod:`signing` signs) as the image component's SHA-256, when there is an image. The
+    serial number is derived from the manifest, so the same image gets the same SBOM."""
     canonical = json.dumps(manifest, sort_keys=True).encode()
     serial = uuid.uuid5(uuid.NAMESPACE_URL, "spack-appimage:" + hashlib.sha256(canonical).hexdigest())
     image_ref = f"image:{name}"
@@ -252,6 +257,9 @@ def cyclonedx(manifest: dict, name: str) -> dict:
         })
     entry_specs = sorted({entry["spec"] for entry in manifest["entries"]})
     dependencies.append({"ref": image_ref, "dependsOn": entry_specs})
+    image = {"type": "application", "bom-ref": image_ref, "name": name}
+    if image_digest:
+        image["hashes"] = [{"alg": "SHA-256", "content": image_digest}]
     return {
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",
@@ -260,7 +268,7 @@ def cyclonedx(manifest: dict, name: str) -> dict:
         "metadata": {
             "tools": {"components": [{"type": "application", "name": "spack-appimage",
                                       "version": manifest["tool"]["version"]}]},
-            "component": {"type": "application", "bom-ref": image_ref, "name": name},
+            "component": image,
         },
         "components": components,
         "dependencies": dependencies,
@@ -275,13 +283,14 @@ def _property_value(value) -> str:
 
 def of_build(appdir: Optional[str], found, points, bundled, libraries, command: List[str],
              run_environment, environment: Optional[str] = None, cpu_need=None,
-             store_view=None) -> dict:
+             store_view=None, signer=None) -> dict:
     """The manifest of a build, from what its stages produced: the entries and their
     AppDir paths (``points``), the specs with files in the image (``bundled``), the
     closure's host requirements and glibc need, the run environment and the CPU the
     bundled specs need (a :class:`.cpu.Need` or None), the store view (a
-    :class:`.storeview.StoreView` or None); without file records when nothing
-    was staged (``appdir`` None). ``environment``: its directory."""
+    :class:`.storeview.StoreView` or None), the signer (a :class:`.signing.Signer` or
+    None); without file records when nothing was staged (``appdir`` None).
+    ``environment``: its directory."""
     import spack.traverse
 
     bundled = sorted(bundled, key=lambda s: s.dag_hash())
@@ -303,16 +312,19 @@ def of_build(appdir: Optional[str], found, points, bundled, libraries, command: 
         environment,
         cpu_need.record() if cpu_need else None,
         store_view.record() if store_view else None,
+        signer.record() if signer else None,
     )
 
 
-def write_sbom(path: str, force: bool, image_manifest: dict, image_name: str) -> str:
-    """The CycloneDX SBOM of ``image_manifest`` written at ``path`` (atomically, never
-    over an existing file without ``force``); returns its absolute path."""
+def write_sbom(path: str, force: bool, image_manifest: dict, image_name: str,
+               image_digest: Optional[str]) -> str:
+    """The CycloneDX SBOM of ``image_manifest`` (and ``image_digest``) written at ``path``
+    (atomically, never over an existing file without ``force``); returns its absolute
+    path."""
     from .assemble import output_file
 
     with output_file(path, force, executable=False) as partial:
         with open(partial, "w") as f:
-            json.dump(cyclonedx(image_manifest, image_name), f, indent=2)
+            json.dump(cyclonedx(image_manifest, image_name, image_digest), f, indent=2)
             f.write("\n")
     return os.path.abspath(path)

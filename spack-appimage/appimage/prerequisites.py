@@ -26,6 +26,7 @@ PACKAGES: Dict[str, Dict[str, str]] = {
         "pkg-config": "pkg-config",
         "cc": "gcc",
         "mksquashfs": "squashfs-tools",
+        "gpg": "gnupg",
         "runtime-libraries": "libsquashfuse-dev libfuse3-dev libzstd-dev zlib1g-dev "
                              "liblzma-dev liblz4-dev liblzo2-dev",
     },
@@ -36,6 +37,7 @@ PACKAGES: Dict[str, Dict[str, str]] = {
         "pkg-config": "pkgconf-pkg-config",
         "cc": "gcc",
         "mksquashfs": "squashfs-tools",
+        "gpg": "gnupg2",
     },
     "suse": {
         "install": "zypper install",
@@ -44,6 +46,7 @@ PACKAGES: Dict[str, Dict[str, str]] = {
         "pkg-config": "pkg-config",
         "cc": "gcc",
         "mksquashfs": "squashfs",
+        "gpg": "gpg2",
     },
 }
 
@@ -53,6 +56,7 @@ SPACK_PACKAGES = {
     "pkg-config": "pkgconf",
     "mksquashfs": "squashfs+zstd",
     "runtime-libraries": "squashfuse libfuse@3",
+    "gpg": "gnupg",
 }
 
 

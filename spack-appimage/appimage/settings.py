@@ -31,6 +31,9 @@ KEYS = {
     "keep": (list, "list of prefix-relative globs of data files to keep"),
     "exclude_specs": (list, "list of extension names (or globs) not bundled with their "
                             "interpreter"),
+    "sign": ((bool, str), "boolean (true: sign with the one signing key of Spack's "
+                          "keyring) or the key to sign with (a fingerprint, key ID or "
+                          "e-mail)"),
 }
 
 
@@ -43,7 +46,7 @@ def get(key: str, flag_value: Any = None) -> Optional[Any]:
     if value is not None and (
         not isinstance(value, kind)
         or (kind is list and not all(isinstance(v, str) and v for v in value))
-        or (kind is str and not value)
+        or (isinstance(value, str) and not value)
     ):
         raise AppImageError(f"config:appimage:{key} must be a {meaning}, not {value!r}", fix)
     if kind is list:

@@ -11,15 +11,16 @@ from spack.cmd.common import arguments
 
 from .. import entries, prerequisites, version
 from ..compat import require_supported_spack, tty
+from ..gnupg import PASSPHRASE
 from ..squashfs import COMPRESSIONS
 from ..storeview import MODES as STORE_VIEW_MODES
 
 try:
-    from .. import build, manifest, runtime, settings
+    from .. import build, manifest, runtime, settings, signing
 except ImportError as error:  # the pipeline reads ELF files with pyelftools
     if not (error.name or "").startswith("elftools"):
         raise
-    build = manifest = runtime = settings = None
+    build = manifest = runtime = settings = signing = None
 
 description = "bundle programs of an environment into one executable AppImage file"
 section = "environments"
@@ -39,6 +40,8 @@ epilog = """examples:
   spack -e myenv appimage --entry tool --dry-run --json        (the same, for scripts)
   spack -e myenv appimage --entry tool --sbom tool.cdx.json    (and a CycloneDX SBOM)
   ./tool.app --appimage-manifest      (what an image holds: specs, files, sha256, command)
+  spack -e myenv appimage --entry tool --sign   (signed with Spack's signing key)
+  spack appimage --verify tool.app    (signed by a key spack gpg trust trusts, unchanged?)
   spack appimage --print-runtime      (build the runtime once, e.g. for a site's config)
   spack appimage --version            (the extension's version and git commit)
 """
@@ -80,6 +83,11 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
         "(for sites that pre-build it; see config:appimage:runtime)",
     )
     what.add_argument(
+        "--verify", nargs="+", metavar="FILE",
+        help="check that each image is signed by a key Spack's keyring trusts (spack gpg "
+        "trust) and unchanged since; a line per file, exit 1 if any fails",
+    )
+    what.add_argument(
         "--version", action="store_true", dest="show_version",  # `version`: Spack's own
         help="print the extension's version and git commit (', dirty' when its files "
         "differ from it) and exit",
@@ -111,6 +119,13 @@ def setup_parser(subparser: argparse.ArgumentParser) -> None:
         help="show the bundled prefixes at their store paths when the image runs (a user "
         "namespace), for programs that compiled them in: auto (default: when a file of "
         "the image names the store), always or never (default: config:appimage:store_view)",
+    )
+    subparser.add_argument(
+        "--sign", nargs="?", const=True, metavar="KEY",
+        help="sign the image with a key of Spack's keyring (spack gpg list --signing): "
+        "the only one, or KEY (fingerprint, key ID or e-mail); a passphrase comes from "
+        f"${PASSPHRASE} "
+        "(default: config:appimage:sign)",
     )
     subparser.add_argument(
         "--bundle-externals", action="store_true", default=None,
@@ -151,6 +166,8 @@ def appimage(parser, args):
             path = runtime.build()
         print(path)
         return
+    if args.verify:  # needs no environment
+        return _verify(args.verify)
     if args.json and not args.dry_run:
         tty.die("--json is for the --dry-run report; add --dry-run")
     env = spack.cmd.require_active_env(cmd_name="appimage")
@@ -181,6 +198,7 @@ def appimage(parser, args):
         bundle_libs=settings.get("bundle_libs", args.bundle_lib),
         bundle_externals=bool(settings.get("bundle_externals", args.bundle_externals)),
         store_view=settings.get("store_view", args.store_view) or "auto",
+        sign=settings.get("sign", args.sign),
         sbom=args.sbom,
         json=args.json,
         command=manifest.command_line(_actions(), args, env.path, output),
@@ -191,6 +209,16 @@ def appimage(parser, args):
         f"{stage} {seconds:.2f}" for stage, seconds in result.timings.items()))
     if result.output:
         tty.msg(build.describe(result))
+
+
+def _verify(paths) -> int:
+    """A line per image, said as it is checked; exit status 1 if any fails."""
+    failed = 0
+    for path in paths:
+        verdict = signing.verify(path)
+        (tty.msg if verdict.ok else tty.error)(verdict.line)
+        failed += not verdict.ok
+    return 1 if failed else 0
 
 
 def _actions():
