@@ -34,12 +34,11 @@ NO_PINENTRY, BAD_PASSPHRASE = 85, 11
 def gpg():
     """Spack's ``GPG`` executable, set up with Spack's key home: a missing gpg or a key
     home that cannot be made is one line."""
+    import spack.util.executable
     import spack.util.gpg
 
-    if not (shutil.which("gpg2") or shutil.which("gpg")):
+    if spack.util.gpg.GPG is None and not (shutil.which("gpg2") or shutil.which("gpg")):
         tty.msg("GnuPG is not on PATH: Spack bootstraps it (this can take minutes)")
-    import spack.util.executable
-
     install = f"install GnuPG 2: {prerequisites.install_command('gpg')}"
     try:
         spack.util.gpg.init()

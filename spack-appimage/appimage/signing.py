@@ -34,7 +34,7 @@ SIGNATURE, KEY = ".sha256_sig", ".sig_key"
 TRIAL = b"0" * 64
 
 #: ``TRUST_*`` status lines of a signature by a key Spack's keyring trusts (directly:
-#: :func:`gnupg.verify`); ``spack gpg trust`` and ``spack gpg create`` trust ultimately.
+#: :func:`gnupg.run`); ``spack gpg trust`` and ``spack gpg create`` trust ultimately.
 TRUSTED = ("TRUST_ULTIMATE", "TRUST_FULLY")
 
 #: What makes signatures small enough for the section (RSA-4096 ones take about 830 bytes
@@ -63,7 +63,7 @@ class Signer:
     uid: str
     public_key: bytes
     #: the key's passphrase (:func:`gnupg.take_passphrase`), if it needs one
-    passphrase: Optional[str] = field(default=None, repr=False)
+    passphrase: Optional[str] = field(repr=False)
 
     def record(self) -> dict:
         """What the manifest says of the signature."""
