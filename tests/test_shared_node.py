@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import PROBE_APPRUN, OrdinaryUser, cc, make_image, wait_for_line
+from conftest import PROBE_APPRUN, OrdinaryUser, cc, make_image, wait_for_line, wait_no_server
 
 #: What this module tests is the runtime's own (C, FUSE, the kernel): it does not change
 #: with Spack's version, so the matrix runs it with the first Spack only (README, Tests).
@@ -99,7 +99,8 @@ def fresh(ordinary_user, other_user, probe_image):
     users = (ordinary_user.uid, other_user.uid)
 
     def clear():
-        assert ordinary_user.wait_unmounted(probe_image)
+        # The server removes its mount directory after unmounting, then exits.
+        assert ordinary_user.wait_unmounted(probe_image) and wait_no_server(probe_image)
         for path in private_dirs(users):
             if os.path.islink(path) or not os.path.isdir(path):
                 os.unlink(path)
