@@ -363,10 +363,11 @@ def write_image(result: Result, policy, options: Options, progress: "Progress",
                                             unpacked)
                 image_digest = None
                 if options.sbom or tools.signer:
-                    image_digest = signing.digest(partial, signing.sections(partial))
+                    where = signing.sections(partial)
+                    image_digest = signing.digest(partial, where)
                 if tools.signer:  # last: the signature covers every other byte
                     with progress.stage("sign", key=tools.signer.fingerprint):
-                        signing.sign(partial, image_digest, tools.signer)
+                        signing.sign(partial, where, image_digest, tools.signer)
             if options.sbom:  # before the image takes its name: a failure leaves neither
                 _write_sbom(options, result.manifest, image_digest)
     result.output = output

@@ -138,17 +138,17 @@ def _contents(f) -> bytes:
 
 def secret_keys(selector: Optional[str]) -> List[str]:
     """Fingerprints of the signing keys in Spack's keyring that ``selector`` (a
-    fingerprint, key ID, e-mail or name; None: any) names. (``spack.util.gpg.
-    signing_keys`` lists the same, but lets gpg's messages through to the terminal and
-    raises when nothing matches.)"""
+    fingerprint, key ID, e-mail or name; None: any) names, read by Spack's own parser.
+    (``spack.util.gpg.signing_keys`` runs the same listing, but lets gpg's messages
+    through to the terminal and raises when nothing matches.)"""
+    import spack.util.gpg
+
     result = run("--list-secret-keys", "--with-colons", "--fingerprint",
                  *([selector] if selector else []))
     if result.returncode and "No secret key" not in " ".join(result.messages):
         raise AppImageError(f"cannot list the signing keys of Spack's keyring ({home()}): "
                             f"{result.message()}", "check it with spack gpg list --signing")
-    records = [line.split(":") for line in result.output.decode(errors="replace").splitlines()]
-    return [record[9] for previous, record in zip(records, records[1:])
-            if previous[0] == "sec" and record[0] == "fpr"]
+    return spack.util.gpg._parse_secret_keys_output(result.output.decode(errors="replace"))
 
 
 def export(fingerprint: str) -> bytes:

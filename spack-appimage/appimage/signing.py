@@ -149,10 +149,9 @@ def _check_fits(data: bytes, where: Tuple[int, int], what: str, fix: str) -> Non
                             f"{where[1] - 1}", fix)
 
 
-def sign(image: str, image_digest: str, signer: Signer) -> None:
+def sign(image: str, where: Where, image_digest: str, signer: Signer) -> None:
     """Write the signature of ``image_digest`` and the signer's public key into
-    ``image``'s sections (the last write of a build)."""
-    where = sections(image)
+    ``image``'s sections ``where`` (the last write of a build)."""
     signature = gnupg.sign(signer.fingerprint, image_digest.encode(), signer.passphrase)
     _check_fits(signature, where[0], f"the signature by {signer.fingerprint}", SMALLER)
     fill_section(image, where[0], signature)
